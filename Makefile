@@ -1,0 +1,33 @@
+# Two entry points: `make demo` and `make test`. Each sets itself up first.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv test test-fast lint typecheck bench clean
+
+venv: $(STAMP)
+
+# Re-install whenever pyproject.toml changes, so `make test` always runs against what is declared.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+test: venv
+	$(PY) -m pytest -q
+
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow" -x
+
+lint: venv
+	$(PY) -m ruff check relay tests bench
+	$(PY) -m ruff format --check relay tests bench
+	$(PY) -m mypy
+
+bench: venv
+	$(PY) -m bench.run
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
