@@ -1,0 +1,176 @@
+"""Admin API (``GET /healthz``, ``GET /config``, ``POST /reload``) and the metrics endpoint.
+
+Low-traffic HTTP/1.1 on asyncio streams; one request per connection. When ``api.addr`` and
+``metrics.addr`` are the same address one listener serves both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from relay.config import ConfigError, redacted_mapping
+from relay.config.model import Address, RelayConfig
+
+if TYPE_CHECKING:
+    from relay.server import RelayNode
+
+log = logging.getLogger(__name__)
+
+READ_TIMEOUT = 10.0
+MAX_HEAD = 16 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class _Response:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+
+
+def _json(status: int, payload: object) -> _Response:
+    return _Response(status, json.dumps(payload).encode() + b"\n")
+
+
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
+            405: "Method Not Allowed", 409: "Conflict", 500: "Internal Server Error"}  # fmt: skip
+
+
+class AdminServer:
+    def __init__(self, node: RelayNode) -> None:
+        self._node = node
+        self._config: RelayConfig | None = None
+        self._servers: dict[Address, asyncio.Server] = {}
+        self.api_port: int | None = None
+        self.metrics_port: int | None = None
+        self._reload_lock = asyncio.Lock()
+
+    async def start(self, config: RelayConfig) -> None:
+        self._config = config
+        wanted: list[Address] = []
+        if config.api is not None:
+            wanted.append(config.api.addr)
+        if config.metrics is not None and config.metrics.addr not in wanted:
+            wanted.append(config.metrics.addr)
+        for addr in wanted:
+            server = await asyncio.start_server(
+                self._handle, host=addr.host or None, port=addr.port, reuse_address=True
+            )
+            self._servers[addr] = server
+        if config.api is not None:
+            self.api_port = self._port(config.api.addr)
+        if config.metrics is not None:
+            self.metrics_port = self._port(config.metrics.addr)
+
+    async def reconfigure(self, config: RelayConfig) -> None:
+        """Follow a reload; listeners move only when their address changed."""
+        old = self._config
+        same = (
+            old is not None
+            and (old.api.addr if old.api else None) == (config.api.addr if config.api else None)
+            and (old.metrics.addr if old.metrics else None)
+            == (config.metrics.addr if config.metrics else None)
+        )
+        if same:
+            self._config = config
+            return
+        await self.stop()
+        await self.start(config)
+
+    async def stop(self) -> None:
+        for server in self._servers.values():
+            server.close()
+        self._servers.clear()
+
+    def _port(self, addr: Address) -> int:
+        return int(self._servers[addr].sockets[0].getsockname()[1])
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT)
+            if len(head) > MAX_HEAD:
+                raise ValueError("head too large")
+            method, path, headers = _parse_head(head)
+            length = int(headers.get("content-length", "0"))
+            if length:
+                await asyncio.wait_for(reader.readexactly(min(length, MAX_HEAD)), READ_TIMEOUT)
+            local_port = writer.get_extra_info("sockname")[1]
+            response = await self._route(method, path, headers, local_port)
+        except (ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            response = _json(400, {"error": "bad_request", "message": "malformed request"})
+        except (TimeoutError, ConnectionError):
+            writer.close()
+            return
+        reason = _REASONS.get(response.status, "")
+        writer.write(
+            f"HTTP/1.1 {response.status} {reason}\r\ncontent-type: {response.content_type}\r\n"
+            f"content-length: {len(response.body)}\r\nconnection: close\r\n\r\n".encode()
+            + response.body
+        )
+        try:
+            await writer.drain()
+        except ConnectionError:
+            pass
+        writer.close()
+
+    async def _route(
+        self, method: str, path: str, headers: dict[str, str], local_port: int
+    ) -> _Response:
+        config = self._config
+        assert config is not None
+        path = path.split("?", 1)[0]
+        if config.metrics is not None and path == config.metrics.path and local_port == self.metrics_port:
+            return _Response(200, self._node.metrics.exposition(), "text/plain; version=0.0.4")
+        if config.api is None or local_port != self.api_port:
+            return _json(404, {"error": "not_found", "message": path})
+        if path == "/healthz":
+            return _json(200, {"status": "ok", "version": config.version,
+                               "services": [s.name for s in config.services]})  # fmt: skip
+        token = config.api.token
+        if token is not None:
+            given = headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                return _json(401, {"error": "unauthorized", "message": "bearer token required"})
+        if path == "/config" and method == "GET":
+            return _json(200, redacted_mapping(config))
+        if path == "/reload" and method == "POST":
+            return await self._reload()
+        if path in ("/config", "/reload"):
+            return _json(405, {"error": "method_not_allowed", "message": method})
+        return _json(404, {"error": "not_found", "message": path})
+
+    async def _reload(self) -> _Response:
+        source = self._node.reload_source
+        if source is None:
+            return _json(409, {"error": "no_source", "message": "this node was not started from a file"})
+        async with self._reload_lock:
+            try:
+                new = source()
+            except ConfigError as exc:
+                issues = [str(i) for i in exc.issues]
+                return _json(400, {"error": "invalid_config", "message": "config refused; the running one stays", "issues": issues})
+            try:
+                await self._node.reload(new)
+            except OSError as exc:
+                return _json(500, {"error": "reload_failed", "message": str(exc)})
+        return _json(200, {"status": "reloaded", "version": new.version})
+
+
+def _parse_head(head: bytes) -> tuple[str, str, dict[str, str]]:
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3:
+        raise ValueError("bad request line")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        if not line:
+            continue
+        name, sep, value = line.partition(":")
+        if not sep:
+            raise ValueError("bad header")
+        headers[name.strip().lower()] = value.strip()
+    return parts[0], parts[1], headers

@@ -1,0 +1,309 @@
+"""Node selection, passive and active health, and dialing through chains of hops.
+
+A ``NodeGroup`` is a chain hop or a service's forwarder: nodes plus a selector. A ``Chain`` dials
+its first hop directly and each further hop through the tunnel the previous one opened; every
+hop's relay connector names the next hop (or, at the last hop, the target).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from relay.config.model import (
+    Address,
+    ChainConfig,
+    DialerConfig,
+    NodeConfig,
+    ProbeConfig,
+    SelectorConfig,
+)
+from relay.connector import RelayClientTransport
+from relay.protocols import relay_v1
+from relay.transports.base import LayeredTransport, PendingProtocol, TransportError, set_nodelay
+from relay.transports.tls import TUNNEL_ALPN, client_context
+from relay.transports.ws import client_upgrade
+
+log = logging.getLogger(__name__)
+
+
+class DialError(TransportError):
+    """No node of a group could be reached. ``node`` names the last one tried."""
+
+    def __init__(self, message: str, node: str = "") -> None:
+        super().__init__(message)
+        self.node = node
+
+
+class NodeState:
+    """A node and its passive health: ``max_fails`` failures in a row bench it for a while."""
+
+    __slots__ = ("config", "fails", "failed_until")
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.fails = 0
+        self.failed_until = 0.0
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def available(self, now: float) -> bool:
+        return now >= self.failed_until
+
+    def mark_failed(self, now: float, selector: SelectorConfig) -> None:
+        self.fails += 1
+        if self.fails >= selector.max_fails:
+            self.failed_until = now + selector.fail_timeout
+
+    def mark_ok(self) -> None:
+        self.fails = 0
+        self.failed_until = 0.0
+
+
+class NodeGroup:
+    """Nodes with a selection strategy. ``candidates`` orders them for one attempt."""
+
+    def __init__(
+        self,
+        name: str,
+        nodes: Sequence[NodeConfig],
+        selector: SelectorConfig,
+        probe: ProbeConfig | None = None,
+    ) -> None:
+        self.name = name
+        self.nodes = [NodeState(node) for node in nodes]
+        self.selector = selector
+        self.probe = probe
+        self._next = 0
+        self._probe_task: asyncio.Task[None] | None = None
+
+    def candidates(self, now: float, key: str | None = None) -> list[NodeState]:
+        """Nodes to try, best first: healthy ones in strategy order, then benched ones.
+
+        Benched nodes come last rather than never, so that a blip that benched every node
+        does not turn into ``failTimeout`` seconds of certain failure.
+        """
+        healthy = [n for n in self.nodes if n.available(now)]
+        benched = sorted((n for n in self.nodes if not n.available(now)), key=_failed_until)
+        if len(healthy) > 1:
+            healthy = self._order(healthy, key)
+        return healthy + benched
+
+    def _order(self, nodes: list[NodeState], key: str | None) -> list[NodeState]:
+        strategy = self.selector.strategy
+        if strategy == "fifo":
+            return nodes
+        if strategy == "rand":
+            start = random.randrange(len(nodes))
+        elif strategy == "hash" and key is not None:
+            start = zlib.crc32(key.encode()) % len(nodes)
+        else:
+            start = self._next % len(nodes)
+            self._next += 1
+        return nodes[start:] + nodes[:start]
+
+    def start_probes(self) -> None:
+        if self.probe is not None and self._probe_task is None:
+            self._probe_task = asyncio.get_running_loop().create_task(self._probe_loop(self.probe))
+
+    async def stop_probes(self) -> None:
+        task, self._probe_task = self._probe_task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _probe_loop(self, probe: ProbeConfig) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            results = await asyncio.gather(*(_probe(n.config.addr, probe) for n in self.nodes))
+            now = loop.time()
+            for node, healthy in zip(self.nodes, results, strict=True):
+                if healthy:
+                    node.mark_ok()
+                elif node.available(now):
+                    log.warning("probe of node %s (%s) failed", node.name, node.config.addr)
+                    node.fails = self.selector.max_fails
+                    node.failed_until = now + max(self.selector.fail_timeout, probe.interval)
+            await asyncio.sleep(probe.interval)
+
+
+def _failed_until(node: NodeState) -> float:
+    return node.failed_until
+
+
+async def _probe(addr: Address, probe: ProbeConfig) -> bool:
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(addr.host or "127.0.0.1", addr.port), probe.timeout
+        )
+    except (OSError, TimeoutError):
+        return False
+    try:
+        if probe.type == "tcp":
+            return True
+        writer.write(
+            f"GET {probe.path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n".encode()
+        )
+        line = await asyncio.wait_for(reader.readline(), probe.timeout)
+        parts = line.split()
+        return len(parts) >= 2 and parts[1].isdigit() and int(parts[1]) < 500
+    except (OSError, TimeoutError):
+        return False
+    finally:
+        writer.close()
+
+
+# --- dialing --------------------------------------------------------------------------------
+
+
+async def open_connection(
+    addr: Address, dialer: DialerConfig, base_dir: str, over: asyncio.Transport | None = None
+) -> asyncio.Transport:
+    """Open a transport to ``addr`` with ``dialer``; over an existing tunnel when ``over``.
+
+    Raises ``OSError``, ``TimeoutError``, ``ssl.SSLError`` or ``TransportError``.
+    """
+    loop = asyncio.get_running_loop()
+    host = addr.host or "127.0.0.1"
+    kind = dialer.type
+    if kind == "quic":
+        raise TransportError("quic dialer is not available in this build")
+    secure = kind in ("tls", "wss")
+    ctx: ssl.SSLContext | None = None
+    server_name = (dialer.tls.server_name if dialer.tls else None) or host
+    if secure:
+        ctx = client_context(dialer.tls, base_dir, alpn=(TUNNEL_ALPN,) if kind == "tls" else ())
+    if over is None:
+        transport, _ = await asyncio.wait_for(
+            loop.create_connection(
+                PendingProtocol, host, addr.port, ssl=ctx, server_hostname=server_name if ctx else None
+            ),
+            dialer.timeout,
+        )
+        set_nodelay(transport)
+    elif ctx is not None:
+        upgraded = await asyncio.wait_for(
+            loop.start_tls(over, PendingProtocol(), ctx, server_hostname=server_name),
+            dialer.timeout,
+        )
+        if upgraded is None:
+            raise TransportError("TLS over the tunnel could not be started")
+        transport = upgraded
+    else:
+        transport = over
+    if kind in ("ws", "wss"):
+        ws_host = dialer.host or str(addr)
+        ws = await client_upgrade(transport, ws_host, dialer.path, dialer.keepalive, dialer.timeout)
+        transport = ws
+    return transport
+
+
+@dataclass(frozen=True, slots=True)
+class Dialed:
+    """A connection through a chain, its events buffered until ``pending.hand_over``."""
+
+    transport: asyncio.Transport
+    pending: PendingProtocol
+    #: Node of the first hop (``""`` for a direct connection).
+    node: str
+    #: The relay transport of the last hop, to check or flush its header (None when direct).
+    tunnel: RelayClientTransport | None
+
+
+def _attach_pending(transport: asyncio.Transport) -> PendingProtocol:
+    pending = PendingProtocol()
+    transport.set_protocol(pending)
+    pending.connection_made(transport)
+    if isinstance(transport, LayeredTransport):
+        transport.start()
+    return pending
+
+
+class Chain:
+    """Runtime form of a chain config; holds the nodes' health across connections."""
+
+    def __init__(self, config: ChainConfig, base_dir: str) -> None:
+        self.config = config
+        self.name = config.name
+        self.base_dir = base_dir
+        self.hops = [NodeGroup(h.name, h.nodes, h.selector, h.probe) for h in config.hops]
+
+    async def dial(
+        self,
+        target: Address | None,
+        key: str | None = None,
+        exclude: frozenset[str] = frozenset(),
+    ) -> Dialed:
+        """Open a tunnel through every hop to ``target`` (None: the last hop's default target).
+
+        Nodes of the first hop are tried in selector order until one answers; a node that
+        fails is benched per its selector. Raises ``DialError`` when none could be reached.
+        """
+        loop = asyncio.get_running_loop()
+        first = self.hops[0]
+        last_error = "no nodes"
+        last_node = ""
+        for node in first.candidates(loop.time(), key):
+            if node.name in exclude:
+                continue
+            try:
+                tunnel = await self._through(node, target, key)
+            except (OSError, TimeoutError, ssl.SSLError, TransportError) as exc:
+                node.mark_failed(loop.time(), first.selector)
+                last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                last_node = node.name
+                log.warning("chain %s: node %s failed: %s", self.name, node.name, last_error)
+                continue
+            node.mark_ok()
+            return Dialed(tunnel, _attach_pending(tunnel), node.name, tunnel)
+        raise DialError(f"chain {self.name}: no node reachable ({last_error})", last_node)
+
+    async def _through(
+        self, first: NodeState, target: Address | None, key: str | None
+    ) -> RelayClientTransport:
+        loop = asyncio.get_running_loop()
+        transport = await open_connection(first.config.addr, first.config.dialer, self.base_dir)
+        node = first
+        for index in range(len(self.hops)):
+            if index + 1 < len(self.hops):
+                following = self.hops[index + 1].candidates(loop.time(), key)[0]
+                next_addr: Address | None = following.config.addr
+            else:
+                following, next_addr = node, target
+            auth = node.config.connector.auth if node.config.connector else None
+            request = relay_v1.Request(
+                username=auth.username if auth else None,
+                password=auth.password if auth else None,
+                target=(next_addr.host or "127.0.0.1", next_addr.port) if next_addr else None,
+            )
+            transport = RelayClientTransport(transport, request)
+            if following is not node:
+                transport = await open_connection(
+                    following.config.addr, following.config.dialer, self.base_dir, over=transport
+                )
+                node = following
+        assert isinstance(transport, RelayClientTransport)
+        return transport
+
+    def start_probes(self) -> None:
+        for hop in self.hops:
+            hop.start_probes()
+
+    async def stop_probes(self) -> None:
+        for hop in self.hops:
+            await hop.stop_probes()
+
+
+async def dial_direct(addr: Address, timeout: float) -> Dialed:
+    """Plain TCP to ``addr`` (a forwarder node, no chain)."""
+    transport = await open_connection(addr, DialerConfig(type="tcp", timeout=timeout), ".")
+    pending = transport.get_protocol()
+    assert isinstance(pending, PendingProtocol)
+    return Dialed(transport, pending, "", None)

@@ -1,0 +1,161 @@
+"""``aicdn-relay``: run a relay node, check a config, or run the LLM-like dev origin."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable
+
+from relay import __version__
+from relay.config import ConfigError, RelayConfig, config_from_urls, load_config_file
+from relay.config.model import LogConfig
+
+log = logging.getLogger("relay")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aicdn-relay", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run a relay node")
+    run.add_argument("-C", "--config", help="relay config file (YAML)")
+    run.add_argument("-L", dest="listen", action="append", default=[],
+                     help="service URL, e.g. http://:8080 or relay+tls://user:pass@:8443/127.0.0.1:8000")  # fmt: skip
+    run.add_argument("-F", dest="forward", action="append", default=[],
+                     help="chain node URL, e.g. relay+wss://core.example:8444?path=/tunnel")  # fmt: skip
+
+    check = commands.add_parser("check", help="validate a config file; exit 0 if valid, 1 if not")
+    check.add_argument("-C", "--config", required=True, help="relay config file (YAML)")
+
+    origin = commands.add_parser("dev-origin", help="run the LLM-like test origin")
+    origin.add_argument("rest", nargs=argparse.REMAINDER)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "check":
+        return _check(args.config)
+    if args.command == "dev-origin":
+        from relay import dev_origin
+
+        return dev_origin.main(args.rest)
+    return _run(args)
+
+
+def _check(path: str) -> int:
+    try:
+        config = load_config_file(path)
+    except ConfigError as exc:
+        for issue in exc.issues:
+            print(issue, file=sys.stderr)
+        print(f"{path}: {len(exc.issues)} error(s); config refused", file=sys.stderr)
+        return 1
+    print(f"{path}: ok ({len(config.services)} services, {len(config.chains)} chains)")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    source: Callable[[], RelayConfig] | None
+    if args.config:
+        if args.listen or args.forward:
+            print("aicdn-relay run: use either -C or -L/-F, not both", file=sys.stderr)
+            return 2
+        path: str = args.config
+
+        def source() -> RelayConfig:
+            return load_config_file(path)
+
+    elif args.listen:
+        source = None
+    else:
+        print("aicdn-relay run: give -C FILE or at least one -L URL", file=sys.stderr)
+        return 2
+    try:
+        config = source() if source else config_from_urls(args.listen, args.forward)
+    except ConfigError as exc:
+        for issue in exc.issues:
+            print(issue, file=sys.stderr)
+        return 1
+    configure_logging(config.log)
+    import uvloop
+
+    return uvloop.run(_serve(config, source))
+
+
+async def _serve(config: RelayConfig, source: Callable[[], RelayConfig] | None) -> int:
+    from relay.server import RelayNode
+
+    node = RelayNode(config, reload_source=source)
+    try:
+        await node.start()
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+
+    def on_stop() -> None:
+        if stopping.is_set():  # a second SIGTERM/SIGINT: close everything at once
+            node.abort_all()
+        stopping.set()
+
+    async def reload() -> None:
+        if source is None:
+            log.warning("SIGHUP ignored: this node was not started from a config file")
+            return
+        try:
+            await node.reload(source())
+        except ConfigError as exc:
+            log.error("reload refused, the running config stays:\n%s", exc)
+        except OSError as exc:
+            log.error("reload failed, the running config stays: %s", exc)
+
+    reloads: set[asyncio.Task[None]] = set()
+
+    def on_hup() -> None:
+        task = loop.create_task(reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGTERM, on_stop)
+    loop.add_signal_handler(signal.SIGINT, on_stop)
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    await stopping.wait()
+    log.info("stopping: draining open connections for up to %gs", node.config.shutdown_timeout)
+    await node.stop()
+    return 0
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        payload = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            payload["exc"] = self.formatException(record.exc_info)
+        return json.dumps(payload)
+
+
+def configure_logging(config: LogConfig) -> None:
+    handler = logging.StreamHandler()
+    if config.format == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    level = {"warn": "WARNING"}.get(config.level, config.level.upper())
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,545 @@
+"""``http`` handler: HTTP/1.1 reverse proxy for LLM APIs (DESIGN §3.2).
+
+One ``HttpConnection`` per client connection parses requests with httptools; each request is
+an ``Exchange`` served by a per-connection task that connects upstream (through the chain),
+sends the head and streams the body, then waits while ``UpstreamConnection`` streams the
+response back chunk by chunk. A request is retried on another node only while no byte of it
+can have reached an origin: the dial failed, or the relay server refused the tunnel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import deque
+from enum import Enum
+
+import httptools
+
+from relay.chain import DialError
+from relay.config.model import HTTPHandlerOptions
+from relay.connector import RelayRefused
+from relay.handlers.http_upstream import UpstreamConnection
+from relay.protocols import http1
+from relay.service import ServiceRuntime
+
+log = logging.getLogger(__name__)
+
+#: Pipelined requests queued behind the one in flight before the client is paused.
+MAX_QUEUED_REQUESTS = 16
+#: Nodes tried for one request before answering 502.
+MAX_ATTEMPTS = 3
+
+
+class Outcome(Enum):
+    COMPLETE = "complete"  # response delivered in full
+    RETRY = "retry"  # nothing reached an origin; another node may serve it
+    FAILED = "failed"  # answered with an error, or the response broke off
+
+
+class Exchange:
+    """One request/response pair, from the client's request head to the response's end."""
+
+    def __init__(
+        self,
+        conn: HttpConnection,
+        method: bytes,
+        head: bytes,
+        request_id: bytes,
+        keep_alive: bool,
+        body_chunked: bool,
+    ) -> None:
+        self.conn = conn
+        self.method = method
+        self.is_head = method == b"HEAD"
+        self.request_id = request_id
+        self.client_keep_alive = keep_alive
+        self.body_chunked = body_chunked
+        self.options: HTTPHandlerOptions = conn.service.config.handler.http
+        self.head = head
+        self.body_done = False
+        self.body_bytes = 0
+        self._pending_body: list[bytes] = []
+        self._pending_size = 0
+        #: What has been sent upstream, kept for a retry until it outgrows ``retry_buffer``.
+        self.retained: list[bytes] | None = [head]
+        self._retained_size = len(head)
+        self.upstream: UpstreamConnection | None = None
+        self.done: asyncio.Future[Outcome] = conn.loop.create_future()
+        self.status = 0
+        self.response_bytes = 0
+        self.started_at = conn.loop.time()
+        self.sent_at = 0.0
+        self.first_byte_at = 0.0
+        self.last_activity = 0.0
+        self.response_begun = False
+        self._timers: list[asyncio.TimerHandle] = []
+
+    # --- request body (from the client parser) ----------------------------------------------
+
+    def feed_body(self, data: bytes) -> None:
+        self.body_bytes += len(data)
+        self._send_upstream(http1.chunk(data) if self.body_chunked else data)
+
+    def end_body(self) -> None:
+        self.body_done = True
+        if self.body_chunked:
+            self._send_upstream(http1.LAST_CHUNK)
+
+    def _send_upstream(self, data: bytes) -> None:
+        self.conn.service.stats.bytes_in += len(data)
+        self._retain(data)
+        upstream = self.upstream
+        if upstream is not None and not upstream.closed:
+            upstream.transport.write(data)
+            return
+        self._pending_body.append(data)
+        self._pending_size += len(data)
+        if self._pending_size > self.conn.service.config.buffer_size:
+            self.conn.pause_reading_for_body()
+
+    def _retain(self, data: bytes) -> None:
+        if self.retained is None:
+            return
+        self._retained_size += len(data)
+        if self._retained_size > self.options.retry_buffer:
+            self.retained = None
+        else:
+            self.retained.append(data)
+
+    # --- attaching an upstream --------------------------------------------------------------
+
+    def bind(self, upstream: UpstreamConnection) -> None:
+        """Send everything so far to ``upstream`` and start the response timers."""
+        loop = self.conn.loop
+        self.upstream = upstream
+        upstream.attach(self)
+        if self.done.done():  # a retry: start over with a fresh outcome
+            self.done = loop.create_future()
+        payload = b"".join(self.retained) if self.retained is not None else None
+        if payload is None:
+            payload = self.head + b"".join(self._pending_body)
+        self._pending_body.clear()
+        self._pending_size = 0
+        upstream.transport.write(payload)
+        self.conn.resume_reading_for_body()
+        if self.conn.client_paused:
+            upstream.transport.pause_reading()
+        self.sent_at = loop.time()
+        self._arm(self.options.ttfb_timeout, self._ttfb_expired)
+        if self.options.total_timeout > 0:
+            remaining = self.options.total_timeout - (self.sent_at - self.started_at)
+            self._arm(max(remaining, 0.0), self._total_expired)
+
+    def _arm(self, delay: float, callback: object) -> None:
+        self._timers.append(self.conn.loop.call_later(delay, callback))  # type: ignore[arg-type]
+
+    def _cancel_timers(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+
+    # --- events from the upstream connection ------------------------------------------------
+
+    def upstream_activity(self, nbytes: int) -> None:
+        now = self.conn.loop.time()
+        self.last_activity = now
+        if not self.first_byte_at:
+            self.first_byte_at = now
+            self.conn.service.stats.ttfb.observe(now - self.sent_at)
+            for timer in self._timers[:1]:  # the TTFB timer is armed first
+                timer.cancel()
+            self._arm(self.options.idle_timeout, self._idle_check)
+
+    def response_started(self, status: int, head: bytes) -> None:
+        self.status = status
+        self.response_begun = True
+        self.conn.write(head)
+
+    def send_to_client(self, data: bytes) -> None:
+        self.conn.write(data)
+
+    def send_body(self, data: bytes, payload_len: int) -> None:
+        self.response_bytes += payload_len
+        self.conn.write(data)
+
+    def response_complete(self, reusable: bool) -> None:
+        if self.done.done():
+            return
+        self._cancel_timers()
+        assert self.upstream is not None
+        self.upstream.reusable = reusable and self.body_done and not self.upstream.closed
+        self.upstream.exchange = None
+        self._record(self.status)
+        self.done.set_result(Outcome.COMPLETE)
+
+    def upstream_failed(self, message: str) -> None:
+        self._fail(502, "bad_gateway", message, reason="protocol")
+
+    def upstream_lost(self, exc: Exception | None) -> None:
+        if self.done.done():
+            return
+        if isinstance(exc, RelayRefused) and not self.response_begun:
+            node = self.upstream.node if self.upstream else ""
+            self.conn.service.metrics.upstream_error(self.conn.service.name, node, "refused")
+            self._cancel_timers()
+            self.done.set_result(Outcome.RETRY)
+            return
+        message = f"upstream closed the connection ({exc})" if exc else "upstream closed the connection"
+        self._fail(502, "bad_gateway", message, reason="reset")
+
+    def pause_client_reading(self) -> None:
+        self.conn.pause_reading_for_body()
+
+    def resume_client_reading(self) -> None:
+        self.conn.resume_reading_for_body()
+
+    # --- timeouts ---------------------------------------------------------------------------
+
+    def _ttfb_expired(self) -> None:
+        if not self.first_byte_at:
+            self._fail(
+                504, "gateway_timeout",
+                f"no response within ttfbTimeout ({self.options.ttfb_timeout:g}s)",
+                reason="ttfb_timeout",
+            )  # fmt: skip
+
+    def _idle_check(self) -> None:
+        # One timer per exchange, re-armed lazily: the per-chunk path only stores a timestamp.
+        idle = self.conn.loop.time() - self.last_activity
+        if idle >= self.options.idle_timeout:
+            self._fail(
+                504, "gateway_timeout",
+                f"upstream idle for {self.options.idle_timeout:g}s (idleTimeout)",
+                reason="idle_timeout",
+            )  # fmt: skip
+        else:
+            self._arm(self.options.idle_timeout - idle, self._idle_check)
+
+    def _total_expired(self) -> None:
+        self._fail(
+            504, "gateway_timeout",
+            f"exchange exceeded totalTimeout ({self.options.total_timeout:g}s)",
+            reason="total_timeout",
+        )  # fmt: skip
+
+    # --- endings ----------------------------------------------------------------------------
+
+    def _fail(self, status: int, error: str, message: str, reason: str) -> None:
+        """End the exchange with an error the client can see.
+
+        Before the response began: a JSON error answer. After: the client connection is
+        aborted, so the client sees a broken stream, never a clean (truncated) end.
+        """
+        if self.done.done():
+            return
+        self._cancel_timers()
+        service = self.conn.service
+        node = self.upstream.node if self.upstream else ""
+        service.metrics.upstream_error(service.name, node, reason)
+        log.warning("service %s request %s: %s", service.name, self.request_id.decode(), message)
+        if self.upstream is not None:
+            self.upstream.exchange = None
+            self.upstream.transport.abort()
+        if self.response_begun:
+            self._record(self.status)
+            self.conn.abort()
+        else:
+            self.conn.answer_error(self, status, error, message)
+        if not self.done.done():
+            self.done.set_result(Outcome.FAILED)
+
+    def client_gone(self) -> None:
+        if self.done.done():
+            return
+        self._cancel_timers()
+        if self.upstream is not None:
+            self.upstream.exchange = None
+            self.upstream.transport.abort()
+        self._record(499)
+        self.done.set_result(Outcome.FAILED)
+
+    def _record(self, status: int) -> None:
+        stats = self.conn.service.stats
+        self.conn.service.metrics.requests.labels(stats.name, str(status)).inc()
+        stats.request_duration.observe(self.conn.loop.time() - self.started_at)
+        stats.request_size.observe(self.body_bytes)
+        stats.response_size.observe(self.response_bytes)
+
+
+class HttpConnection(asyncio.Protocol):
+    def __init__(self, service: ServiceRuntime) -> None:
+        self.service = service
+        self.options = service.config.handler.http
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.peer_ip = ""
+        self.client_paused = False
+        self._parser = httptools.HttpRequestParser(self)
+        self._url = b""
+        self._headers: http1.Headers = []
+        self._head_bytes = 0
+        self._current: Exchange | None = None  # being parsed
+        self._queue: deque[Exchange] = deque()
+        self._wakeup: asyncio.Event = asyncio.Event()
+        self._active: Exchange | None = None  # being served
+        self._idle_upstream: UpstreamConnection | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self._reading_paused: set[str] = set()
+        self._keepalive_timer: asyncio.TimerHandle | None = None
+        self._closing = False
+        self._opened_at = 0.0
+
+    # --- asyncio.Protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer_ip = peer[0] if peer else ""
+        self._opened_at = self.loop.time()
+        transport.set_write_buffer_limits(high=self.service.config.buffer_size)
+        self.service.opened(self)
+        self._arm_keepalive()
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._reject(501, "not_implemented", "protocol upgrades are not supported here")
+            return
+        except httptools.HttpParserError as exc:
+            self._reject(400, "bad_request", f"malformed request: {exc}")
+            return
+        if self._head_bytes > self.options.max_header_size:
+            self._reject(431, "header_too_large", "request head too large")
+
+    def eof_received(self) -> bool:
+        # Half-closed client: finish the exchange in flight, then close.
+        self._closing = True
+        if self._active is None and not self._queue:
+            return False
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        if self._keepalive_timer is not None:
+            self._keepalive_timer.cancel()
+        if self._active is not None:
+            self._active.client_gone()
+        for exchange in self._queue:
+            exchange.client_gone()
+        self._queue.clear()
+        if self._idle_upstream is not None:
+            self._idle_upstream.transport.close()
+            self._idle_upstream = None
+        self._wakeup.set()
+        self.service.closed(self, self.loop.time() - self._opened_at)
+
+    def pause_writing(self) -> None:
+        # The client reads slower than the upstream sends: stop reading the upstream.
+        self.client_paused = True
+        if self._active is not None and self._active.upstream is not None:
+            self._active.upstream.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.client_paused = False
+        if self._active is not None and self._active.upstream is not None:
+            self._active.upstream.transport.resume_reading()
+
+    def close(self) -> None:
+        """Close now if idle; otherwise after the exchange in flight (used when draining)."""
+        self._closing = True
+        if self._active is None and not self._queue and self.transport is not None:
+            self.transport.close()
+
+    # --- httptools callbacks ----------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._head_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._head_bytes += len(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+        self._head_bytes += len(name) + len(value) + 4
+
+    def on_headers_complete(self) -> None:
+        # The keep-alive timer also bounds how long a request head may take to arrive.
+        if self._keepalive_timer is not None:
+            self._keepalive_timer.cancel()
+            self._keepalive_timer = None
+        if self._head_bytes > self.options.max_header_size:
+            return  # answered with 431 once feed_data returns
+        parser = self._parser
+        method = parser.get_method()
+        request_id = b""
+        forwarded = b""
+        chunked = False
+        headers: http1.Headers = []
+        for name, value in http1.end_to_end(self._headers):
+            lower = name.lower()
+            if lower == b"x-request-id":
+                if http1.valid_request_id(value):
+                    request_id = value
+                continue
+            if lower == b"x-forwarded-for":
+                forwarded = value
+                continue
+            headers.append((name, value))
+        for name, value in self._headers:
+            if name.lower() == b"transfer-encoding" and b"chunked" in value.lower():
+                chunked = True
+        if not request_id:
+            request_id = uuid.uuid4().hex.encode()
+        client_ip = self.peer_ip.encode()
+        headers.append(
+            (b"X-Forwarded-For", forwarded + b", " + client_ip if forwarded else client_ip)
+        )
+        headers.append((b"X-Request-ID", request_id))
+        if chunked:
+            headers.append((b"Transfer-Encoding", b"chunked"))
+        headers.append((b"Connection", b"keep-alive"))
+        head = http1.request_head(method, self._url, headers)
+        exchange = Exchange(self, method, head, request_id, parser.should_keep_alive(), chunked)
+        self._current = exchange
+        self._queue.append(exchange)
+        if len(self._queue) > MAX_QUEUED_REQUESTS:
+            self.pause_reading_for_body("queue")
+        self._wakeup.set()
+        if self._worker is None:
+            self._worker = self.loop.create_task(self._serve_loop())
+
+    def on_body(self, body: bytes) -> None:
+        if self._current is not None:
+            self._current.feed_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._current is not None:
+            self._current.end_body()
+            self._current = None
+
+    # --- serving ----------------------------------------------------------------------------
+
+    async def _serve_loop(self) -> None:
+        try:
+            while not (self._closing and not self._queue):
+                if not self._queue:
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                    continue
+                exchange = self._queue.popleft()
+                if len(self._queue) <= MAX_QUEUED_REQUESTS:
+                    self.resume_reading_for_body("queue")
+                self._active = exchange
+                keep_going = await self._serve(exchange)
+                self._active = None
+                if not keep_going or not exchange.client_keep_alive:
+                    self._closing = True
+                if self._closing and not self._queue:
+                    break
+                self._arm_keepalive()
+        except Exception:  # a bug, not a client's doing: log it with context and drop the client
+            log.exception("service %s: http connection from %s failed", self.service.name, self.peer_ip)
+        finally:
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.close()
+
+    async def _serve(self, exchange: Exchange) -> bool:
+        """Serve one exchange; returns whether the client connection can carry on."""
+        tried: set[str] = set()
+        for _attempt in range(MAX_ATTEMPTS):
+            upstream = self._take_idle_upstream()
+            if upstream is None:
+                try:
+                    dialed = await self.service.connect_upstream(
+                        key=self.peer_ip, exclude=frozenset(tried)
+                    )
+                except DialError as exc:
+                    if exchange.done.done():  # client went away meanwhile
+                        return False
+                    self.service.metrics.upstream_error(self.service.name, exc.node, "connect")
+                    self.answer_error(exchange, 502, "bad_gateway", str(exc))
+                    return exchange.body_done
+                if exchange.done.done():
+                    dialed.transport.close()
+                    return False
+                upstream = UpstreamConnection(dialed.transport, dialed.node)
+                dialed.pending.hand_over(upstream)
+            exchange.bind(upstream)
+            outcome = await exchange.done
+            if outcome is Outcome.COMPLETE:
+                if upstream.reusable:
+                    self._idle_upstream = upstream
+                else:
+                    upstream.transport.close()
+                return True
+            if outcome is Outcome.RETRY and exchange.retained is not None:
+                tried.add(upstream.node)
+                log.info("service %s: retrying %s on another node", self.service.name, exchange.request_id.decode())
+                continue
+            if outcome is Outcome.RETRY:
+                self.answer_error(exchange, 502, "bad_gateway", "upstream refused the request")
+            return outcome is not Outcome.FAILED or (not exchange.response_begun and exchange.body_done)
+        self.answer_error(exchange, 502, "bad_gateway", "no upstream accepted the request")
+        return False
+
+    def _take_idle_upstream(self) -> UpstreamConnection | None:
+        upstream, self._idle_upstream = self._idle_upstream, None
+        if upstream is not None and (upstream.closed or upstream.transport.is_closing()):
+            return None
+        return upstream
+
+    # --- helpers used by Exchange -----------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+            self.service.stats.bytes_out += len(data)
+
+    def abort(self) -> None:
+        self._closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def answer_error(self, exchange: Exchange, status: int, error: str, message: str) -> None:
+        keep_alive = exchange.client_keep_alive and exchange.body_done and not self._closing
+        self.write(http1.json_error(status, error, message, exchange.request_id, keep_alive))
+        if not exchange.done.done():
+            exchange._record(status)
+            exchange.done.set_result(Outcome.FAILED)
+        if not keep_alive:
+            self._closing = True
+
+    def pause_reading_for_body(self, why: str = "body") -> None:
+        if not self._reading_paused and self.transport is not None:
+            self.transport.pause_reading()
+        self._reading_paused.add(why)
+
+    def resume_reading_for_body(self, why: str = "body") -> None:
+        if why in self._reading_paused:
+            self._reading_paused.discard(why)
+            if not self._reading_paused and self.transport is not None:
+                self.transport.resume_reading()
+
+    def _reject(self, status: int, error: str, message: str) -> None:
+        """Answer a request we could not even parse, then close."""
+        self._closing = True
+        assert self.transport is not None
+        body = http1.json_error(status, error, message, uuid.uuid4().hex.encode(), False)
+        if self._active is None:
+            self.transport.write(body)
+        self.service.metrics.requests.labels(self.service.name, str(status)).inc()
+        self.transport.close()
+
+    def _arm_keepalive(self) -> None:
+        if self._keepalive_timer is not None:
+            self._keepalive_timer.cancel()
+        self._keepalive_timer = self.loop.call_later(self.options.keepalive_timeout, self.close)

@@ -1,0 +1,208 @@
+"""L4 handlers: ``forward`` (port forwarding through the chain) and ``relay`` (tunnel server).
+
+Both read a little (``relay``: the header), connect upstream, then splice the two transports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+
+from relay.chain import DialError, Dialed
+from relay.config.model import Address
+from relay.protocols import relay_v1
+from relay.protocols.relay_v1 import Status
+from relay.service import ServiceRuntime
+from relay.splice import splice
+
+log = logging.getLogger(__name__)
+
+#: The relay header must arrive within this many seconds of the connection.
+HEADER_TIMEOUT = 10.0
+
+
+class _TunnelConnection(asyncio.Protocol):
+    """Common part: bookkeeping, early-data buffering, connecting, splicing."""
+
+    def __init__(self, service: ServiceRuntime) -> None:
+        self.service = service
+        self.transport: asyncio.Transport | None = None
+        self.peer_ip = ""
+        self._early: list[bytes] = []
+        self._started = 0.0
+        self._lost = False
+        self._task: asyncio.Task[None] | None = None
+        self._upstream: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer_ip = peer[0] if peer else ""
+        self._started = asyncio.get_running_loop().time()
+        self.service.opened(self)
+
+    def data_received(self, data: bytes) -> None:
+        self._early.append(data)
+        if sum(map(len, self._early)) > self.service.config.buffer_size:
+            assert self.transport is not None
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        return True  # keep the connection; the EOF is forwarded once spliced
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        if self._upstream is None:
+            self._finished()
+
+    def close(self) -> None:
+        """Tunnels carry opaque bytes: closing now could cut a stream, so a drain waits for
+        them to end on their own (up to shutdownTimeout) and only ``abort`` ends them."""
+        if self._upstream is None and self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self._upstream is not None:
+            self._upstream.abort()
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _finished(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.service.closed(self, loop.time() - self._started)
+
+    def _spawn(self, coro: object) -> None:
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(coro)  # type: ignore[arg-type]
+
+    def _splice(self, dialed: Dialed, first: bytes) -> None:
+        """Send ``first`` upstream (behind the relay header, if any), then forward both ways."""
+        client = self.transport
+        assert client is not None
+        if self._lost:
+            dialed.transport.close()
+            self._finished()
+            return
+        self._upstream = dialed.transport
+        if first:
+            dialed.transport.write(first)
+            self.service.stats.bytes_in += len(first)
+        elif dialed.tunnel is not None:
+            dialed.tunnel.flush_header()
+        splice(
+            client,
+            dialed.transport,
+            dialed.pending,
+            self.service.stats,
+            self.service.config.buffer_size,
+            self._finished,
+        )
+        client.resume_reading()
+
+    def _take_early(self) -> bytes:
+        data = b"".join(self._early)
+        self._early.clear()
+        return data
+
+
+class ForwardConnection(_TunnelConnection):
+    """``forward``: every connection goes to the forwarder's target, through the chain."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._spawn(self._connect())
+
+    async def _connect(self) -> None:
+        try:
+            dialed = await self.service.connect_upstream(key=self.peer_ip)
+        except DialError as exc:
+            log.warning("service %s: %s", self.service.name, exc)
+            self.close()
+            return
+        self._splice(dialed, self._take_early())
+
+
+class RelayServerConnection(_TunnelConnection):
+    """``relay``: reads the relay header, authenticates, connects only to allowed targets."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._header_timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
+            HEADER_TIMEOUT, self._header_timeout
+        )
+        self._buf = b""
+
+    def _header_timeout(self) -> None:
+        self._header_timer = None
+        self.service.block("header_timeout")
+        self.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self._header_timer is None and self._task is not None:
+            super().data_received(data)  # header done; buffer until the target is connected
+            return
+        self._buf += data
+        try:
+            parsed = relay_v1.parse_request(self._buf)
+        except relay_v1.ProtocolError as exc:
+            log.info("service %s: bad relay header from %s: %s", self.service.name, self.peer_ip, exc)
+            self._refuse(Status.BAD_REQUEST, "bad_request")
+            return
+        if parsed is None:
+            return
+        request, rest = parsed
+        self._buf = b""
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+        if rest:
+            self._early.append(rest)
+        self._admit(request)
+
+    def _admit(self, request: relay_v1.Request) -> None:
+        auth = self.service.config.handler.auth
+        if auth is not None and not (
+            hmac.compare_digest((request.username or "").encode(), auth.username.encode())
+            and hmac.compare_digest((request.password or "").encode(), auth.password.encode())
+        ):
+            self._refuse(Status.UNAUTHORIZED, "unauthorized")
+            return
+        if request.cmd != relay_v1.Cmd.CONNECT:
+            self._refuse(Status.BAD_REQUEST, "bad_request")
+            return
+        target = Address(*request.target) if request.target is not None else None
+        if target is not None and not self.service.allows_target(target):
+            self._refuse(Status.FORBIDDEN, "forbidden_target")
+            return
+        if target is None and self.service.forwarder is None and self.service.chain is None:
+            self._refuse(Status.FORBIDDEN, "forbidden_target")
+            return
+        self._spawn(self._connect(target))
+
+    async def _connect(self, target: Address | None) -> None:
+        try:
+            dialed = await self.service.connect_upstream(target, key=self.peer_ip)
+        except DialError as exc:
+            log.warning("service %s: %s", self.service.name, exc)
+            self._refuse(Status.SERVICE_UNAVAILABLE, None)
+            return
+        assert self.transport is not None
+        self.transport.write(relay_v1.encode_response(Status.OK))
+        self._splice(dialed, self._take_early())
+
+    def _refuse(self, status: Status, blocked_reason: str | None) -> None:
+        if blocked_reason is not None:
+            self.service.block(blocked_reason)
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(relay_v1.encode_response(status))
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+        super().connection_lost(exc)

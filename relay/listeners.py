@@ -1,0 +1,81 @@
+"""Listening sockets per listener type, each handing connections to a protocol factory."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+
+from relay.config.model import ServiceConfig, TLSConfig
+from relay.transports.tls import TUNNEL_ALPN, server_context
+from relay.transports.ws import ServerHandshake, WebSocketTransport
+
+ProtocolFactory = Callable[[], asyncio.Protocol]
+
+#: Accept queue; LLM traffic arrives in bursts of connections.
+BACKLOG = 4096
+#: A WebSocket upgrade must complete within this many seconds.
+WS_HANDSHAKE_TIMEOUT = 10.0
+
+
+class ListenerUnavailable(Exception):
+    """The listener type exists in the schema but not in this build (quic, http3)."""
+
+
+def _ws_factory(factory: ProtocolFactory, path: str, keepalive: float) -> ProtocolFactory:
+    def on_open(ws: WebSocketTransport) -> None:
+        protocol = factory()
+        ws.set_protocol(protocol)
+        protocol.connection_made(ws)
+        ws.start()
+
+    return lambda: ServerHandshake(path, keepalive, on_open, WS_HANDSHAKE_TIMEOUT)
+
+
+def _keepalive(service: ServiceConfig) -> float:
+    value = service.listener.metadata.get("keepalive", 15.0)
+    return float(value) if isinstance(value, (int, float)) else 15.0
+
+
+async def listen(
+    service: ServiceConfig,
+    default_tls: TLSConfig | None,
+    base_dir: str,
+    factory: ProtocolFactory,
+    sock: socket.socket | None = None,
+) -> asyncio.Server:
+    """Start listening for ``service``; ``factory`` makes the handler protocol per connection.
+
+    With ``sock`` (an already bound socket kept across a reload), serve on it instead of
+    binding anew. Raises ``OSError`` when the address cannot be bound.
+    """
+    kind = service.listener.type
+    if kind in ("quic", "http3"):
+        raise ListenerUnavailable(f"service {service.name}: {kind} listener is not available in this build")
+    ssl_ctx = None
+    if kind in ("tls", "wss"):
+        tls = service.listener.tls or default_tls
+        assert tls is not None  # the loader refuses TLS listeners without certificates
+        alpn = (TUNNEL_ALPN, "http/1.1") if kind == "tls" else ("http/1.1",)
+        ssl_ctx = server_context(tls, base_dir, alpn)
+    protocol_factory = factory
+    if kind in ("ws", "wss"):
+        protocol_factory = _ws_factory(factory, service.listener.path, _keepalive(service))
+    loop = asyncio.get_running_loop()
+    if sock is not None:
+        server = await loop.create_server(protocol_factory, sock=sock, ssl=ssl_ctx, backlog=BACKLOG)
+    else:
+        server = await loop.create_server(
+            protocol_factory,
+            host=service.addr.host or None,
+            port=service.addr.port,
+            ssl=ssl_ctx,
+            backlog=BACKLOG,
+            reuse_address=True,
+        )
+    for listening in server.sockets:
+        # Accepted sockets inherit TCP_NODELAY from the listening socket on Linux: every SSE
+        # event leaves at once instead of waiting behind Nagle's algorithm.
+        if listening.family in (socket.AF_INET, socket.AF_INET6):
+            listening.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return server

@@ -1,0 +1,174 @@
+"""Prometheus metrics of a relay process (DESIGN §3.3).
+
+Per-chunk counters (bytes moved) are plain integers on ``ServiceStats`` that a custom collector
+reads at scrape time: the hot path pays one integer addition per chunk instead of a locked
+prometheus child lookup, and the exported values are still live while streams run. Per-request
+and per-connection observations go through prometheus_client histograms whose children are
+resolved once per service.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+#: LLM streams are long: duration buckets reach 30 minutes.
+DURATION_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800,
+)  # fmt: skip
+SIZE_BUCKETS = tuple(float(4**i) for i in range(4, 16))  # 256 B .. 1 GiB
+
+
+class ServiceStats:
+    """Live counters of one service; mutated on the hot path, read at scrape time."""
+
+    __slots__ = (
+        "blocked",
+        "bytes_in",
+        "bytes_out",
+        "connection_duration",
+        "connections_active",
+        "connections_total",
+        "handler",
+        "name",
+        "request_duration",
+        "request_size",
+        "response_size",
+        "ttfb",
+    )
+
+    def __init__(self, name: str, handler: str, metrics: RelayMetrics) -> None:
+        self.name = name
+        self.handler = handler
+        self.connections_active = 0
+        self.connections_total = 0
+        #: Bytes from clients toward upstreams, and from upstreams back to clients.
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.blocked: dict[str, int] = {}
+        self.connection_duration = metrics.connection_duration.labels(name, handler)
+        self.request_duration = metrics.request_duration.labels(name)
+        self.ttfb = metrics.ttfb.labels(name)
+        self.request_size = metrics.request_size.labels(name)
+        self.response_size = metrics.response_size.labels(name)
+
+
+class RelayMetrics:
+    """All metrics of one relay process, in a registry of its own (tests run several)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+        self.services: dict[str, ServiceStats] = {}
+        self.connection_duration = Histogram(
+            "aicdn_connection_duration_seconds",
+            "Lifetime of client connections.",
+            ["service", "handler"],
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.requests = Counter(
+            "aicdn_requests",
+            "HTTP requests answered, by status code.",
+            ["service", "code"],
+            registry=self.registry,
+        )
+        self.request_duration = Histogram(
+            "aicdn_request_duration_seconds",
+            "HTTP request start to response end.",
+            ["service"],
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.ttfb = Histogram(
+            "aicdn_time_to_first_byte_seconds",
+            "Request sent upstream to first response byte.",
+            ["service"],
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.request_size = Histogram(
+            "aicdn_request_size_bytes",
+            "HTTP request body sizes.",
+            ["service"],
+            buckets=SIZE_BUCKETS,
+            registry=self.registry,
+        )
+        self.response_size = Histogram(
+            "aicdn_response_size_bytes",
+            "HTTP response body sizes.",
+            ["service"],
+            buckets=SIZE_BUCKETS,
+            registry=self.registry,
+        )
+        self.upstream_errors = Counter(
+            "aicdn_upstream_errors",
+            "Failures reaching or talking to an upstream node.",
+            ["service", "node", "reason"],
+            registry=self.registry,
+        )
+        self.config_version = Gauge(
+            "aicdn_config_version", "Version of the running config.", registry=self.registry
+        )
+        self.registry.register(_LiveCollector(self))
+
+    def service(self, name: str, handler: str) -> ServiceStats:
+        """The stats object of a service; the same one across reloads, so counters continue."""
+        stats = self.services.get(name)
+        if stats is None or stats.handler != handler:
+            stats = ServiceStats(name, handler, self)
+            self.services[name] = stats
+        return stats
+
+    def upstream_error(self, service: str, node: str, reason: str) -> None:
+        self.upstream_errors.labels(service, node, reason).inc()
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _LiveCollector(Collector):
+    def __init__(self, metrics: RelayMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        active = GaugeMetricFamily(
+            "aicdn_connections_active", "Open client connections.", labels=["service", "handler"]
+        )
+        total = CounterMetricFamily(
+            "aicdn_connections", "Client connections accepted.", labels=["service", "handler"]
+        )
+        transfer = CounterMetricFamily(
+            "aicdn_transfer_bytes",
+            "Bytes relayed, counted as they flow (in: client to upstream; out: back).",
+            labels=["service", "direction"],
+        )
+        blocked = CounterMetricFamily(
+            "aicdn_blocked", "Connections and requests refused by a policy.",
+            labels=["service", "reason"],
+        )  # fmt: skip
+        for stats in list(self._metrics.services.values()):
+            active.add_metric([stats.name, stats.handler], stats.connections_active)
+            total.add_metric([stats.name, stats.handler], stats.connections_total)
+            transfer.add_metric([stats.name, "in"], stats.bytes_in)
+            transfer.add_metric([stats.name, "out"], stats.bytes_out)
+            for reason, count in stats.blocked.items():
+                blocked.add_metric([stats.name, reason], count)
+        yield from (active, total, transfer, blocked)
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())

@@ -1,0 +1,95 @@
+"""HTTP/1.1 message heads for the ``http`` handler: pure functions over bytes, no I/O."""
+
+from __future__ import annotations
+
+import json
+import re
+
+#: Headers that describe one connection, not the message: never forwarded (RFC 9110 §7.6.1).
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+
+_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
+
+REASONS = {
+    400: b"Bad Request",
+    404: b"Not Found",
+    408: b"Request Timeout",
+    413: b"Content Too Large",
+    431: b"Request Header Fields Too Large",
+    429: b"Too Many Requests",
+    500: b"Internal Server Error",
+    501: b"Not Implemented",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+}
+
+Headers = list[tuple[bytes, bytes]]
+
+
+def valid_request_id(value: bytes) -> bool:
+    """Client-supplied request ids are kept only when short and made of safe characters."""
+    return bool(_REQUEST_ID.match(value))
+
+
+def connection_tokens(headers: Headers) -> set[bytes]:
+    """Header names listed in ``Connection`` (also hop-by-hop for this message)."""
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b","))
+    return tokens
+
+
+def end_to_end(headers: Headers) -> Headers:
+    """``headers`` without hop-by-hop ones (and without those named by ``Connection``)."""
+    drop = HOP_BY_HOP | connection_tokens(headers)
+    return [(n, v) for n, v in headers if n.lower() not in drop]
+
+
+def request_head(method: bytes, target: bytes, headers: Headers) -> bytes:
+    lines = [method + b" " + target + b" HTTP/1.1"]
+    lines.extend(n + b": " + v for n, v in headers)
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+def response_head(status: int, reason: bytes, headers: Headers) -> bytes:
+    lines = [b"HTTP/1.1 %d %s" % (status, reason or REASONS.get(status, b""))]
+    lines.extend(n + b": " + v for n, v in headers)
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+def chunk(data: bytes) -> bytes:
+    """One chunk of a chunked body (callers never pass an empty ``data``)."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+def json_error(
+    status: int, error: str, message: str, request_id: bytes, keep_alive: bool
+) -> bytes:
+    """A complete JSON error response, as the relay itself answers (502, 504, 400 ...)."""
+    body = json.dumps(
+        {"error": error, "message": message, "request_id": request_id.decode()}
+    ).encode()
+    headers: Headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"x-request-id", request_id),
+        (b"connection", b"keep-alive" if keep_alive else b"close"),
+    ]
+    return response_head(status, b"", headers) + body

@@ -1,0 +1,215 @@
+"""Lifecycle of a relay node: start services from a config, reload it, drain and stop.
+
+Each service has a ``_Slot``: its listening server plus the current ``ServiceRuntime``. The
+protocol factory reads the slot's runtime at accept time, so swapping the runtime on reload
+sends new connections to the new config while open ones keep theirs, and the listening socket
+is never closed when the service's address did not change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from relay.admin import AdminServer
+from relay.chain import Chain
+from relay.config.model import RelayConfig, ServiceConfig
+from relay.handlers.http import HttpConnection
+from relay.handlers.tunnel import ForwardConnection, RelayServerConnection
+from relay.listeners import listen
+from relay.metrics import RelayMetrics
+from relay.service import ServiceRuntime
+
+log = logging.getLogger(__name__)
+
+HANDLERS: dict[str, Callable[[ServiceRuntime], asyncio.Protocol]] = {
+    "http": HttpConnection,
+    "forward": ForwardConnection,
+    "relay": RelayServerConnection,
+}
+
+
+@dataclass
+class _Slot:
+    config: ServiceConfig
+    runtime: ServiceRuntime
+    server: asyncio.Server | None = None
+    retired: list[ServiceRuntime] = field(default_factory=list)
+
+    def make_protocol(self) -> asyncio.Protocol:
+        runtime = self.runtime
+        return HANDLERS[runtime.config.handler.type](runtime)
+
+
+def _listener_key(service: ServiceConfig) -> tuple[object, ...]:
+    """What must be equal for a service to keep its listening socket across a reload."""
+    return (service.addr, service.listener)
+
+
+class RelayNode:
+    """A running relay node. ``start``, then ``reload`` any number of times, then ``stop``."""
+
+    def __init__(
+        self,
+        config: RelayConfig,
+        metrics: RelayMetrics | None = None,
+        reload_source: Callable[[], RelayConfig] | None = None,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics or RelayMetrics()
+        #: Produces a freshly loaded config for ``POST /reload`` and SIGHUP (raises ConfigError).
+        self.reload_source = reload_source
+        self._slots: dict[str, _Slot] = {}
+        self._chains: dict[str, Chain] = {}
+        self._admin: AdminServer | None = None
+        #: Runtimes whose connections are draining (removed services, shutdown).
+        self._draining: list[ServiceRuntime] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # --- introspection ----------------------------------------------------------------------
+
+    def bound_port(self, service: str) -> int:
+        """The port a service listens on (useful with ``addr: ":0"`` in tests)."""
+        server = self._slots[service].server
+        assert server is not None and server.sockets
+        return int(server.sockets[0].getsockname()[1])
+
+    @property
+    def admin_port(self) -> int | None:
+        return self._admin.api_port if self._admin else None
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self._admin.metrics_port if self._admin else None
+
+    def runtime(self, service: str) -> ServiceRuntime:
+        return self._slots[service].runtime
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.metrics.config_version.set(self.config.version)
+        self._chains = self._build_chains(self.config)
+        try:
+            for service in self.config.services:
+                slot = _Slot(service, self._runtime(service, self.config, self._chains))
+                slot.server = await listen(service, self.config.tls, self.config.base_dir, slot.make_protocol)
+                slot.runtime.start()
+                self._slots[service.name] = slot
+                log.info("service %s listening on %s (%s/%s)", service.name, service.addr,
+                         service.handler.type, service.listener.type)  # fmt: skip
+            self._admin = AdminServer(self)
+            await self._admin.start(self.config)
+        except BaseException:
+            await self.stop(0)
+            raise
+
+    async def reload(self, new: RelayConfig) -> None:
+        """Swap in ``new`` (already validated).
+
+        Services whose address and listener are unchanged keep their listening socket; the
+        others get a new one, bound before anything is swapped. Raises ``OSError`` when an
+        address cannot be bound, and the node then keeps running what it had.
+        """
+        chains = self._build_chains(new)
+        runtimes = {s.name: self._runtime(s, new, chains) for s in new.services}
+        fresh: dict[str, _Slot] = {}
+        try:
+            for service in new.services:
+                old = self._slots.get(service.name)
+                if old is not None and _listener_key(old.config) == _listener_key(service):
+                    continue
+                slot = _Slot(service, runtimes[service.name])
+                slot.server = await listen(service, new.tls, new.base_dir, slot.make_protocol)
+                fresh[service.name] = slot
+        except BaseException:
+            for slot in fresh.values():
+                assert slot.server is not None
+                slot.server.close()
+            raise
+        slots: dict[str, _Slot] = {}
+        for service in new.services:
+            slot = fresh.get(service.name)
+            if slot is None:  # keep the socket; new connections get the new runtime
+                slot = self._slots[service.name]
+                slot.retired.append(slot.runtime)
+                slot.runtime, slot.config = runtimes[service.name], service
+            slot.runtime.start()
+            slots[service.name] = slot
+        loop = asyncio.get_running_loop()
+        for name, old in self._slots.items():
+            if slots.get(name) is not old:
+                if old.server is not None:
+                    old.server.close()
+                task = loop.create_task(self._drain([*old.retired, old.runtime], new.shutdown_timeout))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        for slot in slots.values():
+            # Old runtimes keep serving their open connections but stop their probes now.
+            for runtime in slot.retired:
+                await runtime.stop()
+            slot.retired = [r for r in slot.retired if r.connections]
+        self._slots = slots
+        self._chains = chains
+        self.config = new
+        self.metrics.config_version.set(new.version)
+        if self._admin is not None:
+            await self._admin.reconfigure(new)
+        log.info("config reloaded (version %s)", new.version)
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Stop accepting, let open connections finish for ``timeout`` seconds, then close."""
+        timeout = self.config.shutdown_timeout if timeout is None else timeout
+        if self._admin is not None:
+            await self._admin.stop()
+            self._admin = None
+        runtimes: list[ServiceRuntime] = []
+        for slot in self._slots.values():
+            if slot.server is not None:
+                slot.server.close()
+            runtimes.extend(slot.retired)
+            runtimes.append(slot.runtime)
+        self._slots = {}
+        for task in list(self._tasks):
+            task.cancel()
+        await self._drain(runtimes, timeout)
+
+    def abort_all(self) -> None:
+        """Close every connection at once (a second SIGTERM during a drain)."""
+        for slot in self._slots.values():
+            for runtime in [*slot.retired, slot.runtime]:
+                for conn in list(runtime.connections):
+                    conn.abort()
+        for runtime in self._draining:
+            for conn in list(runtime.connections):
+                conn.abort()
+
+    async def _drain(self, runtimes: list[ServiceRuntime], timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        self._draining.extend(runtimes)
+        for runtime in runtimes:
+            runtime.draining = True
+            for conn in list(runtime.connections):
+                conn.close()  # idle ones close now; busy ones after their exchange
+        deadline = loop.time() + timeout
+        while any(r.connections for r in runtimes) and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for runtime in runtimes:
+            for conn in list(runtime.connections):
+                conn.abort()
+            await runtime.stop()
+            self._draining.remove(runtime)
+
+    # --- building ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _build_chains(config: RelayConfig) -> dict[str, Chain]:
+        return {chain.name: Chain(chain, config.base_dir) for chain in config.chains}
+
+    def _runtime(
+        self, service: ServiceConfig, config: RelayConfig, chains: dict[str, Chain]
+    ) -> ServiceRuntime:
+        chain = chains[service.handler.chain] if service.handler.chain else None
+        return ServiceRuntime(service, chain, self.metrics, config.base_dir)

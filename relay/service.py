@@ -1,0 +1,143 @@
+"""What a handler needs from its service: config, chain, forwarder, stats and open connections.
+
+A ``ServiceRuntime`` is built from one config generation. On reload a new runtime serves new
+connections while connections already open keep the runtime (and config) they started with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from typing import Protocol
+
+from relay.chain import Chain, DialError, Dialed, NodeGroup, dial_direct
+from relay.config.model import Address, ServiceConfig
+from relay.metrics import RelayMetrics, ServiceStats
+from relay.transports.base import TransportError
+
+log = logging.getLogger(__name__)
+
+
+class Connection(Protocol):
+    """A client connection as the service tracks it (for draining and shutdown)."""
+
+    def close(self) -> None:
+        """Close when idle (an HTTP connection finishes the exchange in flight first)."""
+
+    def abort(self) -> None:
+        """Close at once."""
+
+
+class ServiceRuntime:
+    def __init__(
+        self,
+        config: ServiceConfig,
+        chain: Chain | None,
+        metrics: RelayMetrics,
+        base_dir: str,
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self.chain = chain
+        self.metrics = metrics
+        self.base_dir = base_dir
+        self.stats: ServiceStats = metrics.service(config.name, config.handler.type)
+        self.forwarder: NodeGroup | None = None
+        if config.forwarder is not None:
+            fwd = config.forwarder
+            self.forwarder = NodeGroup(f"{config.name}.forwarder", fwd.nodes, fwd.selector, fwd.probe)
+        self.connections: set[Connection] = set()
+        #: Set when the service stops accepting; handlers close idle keep-alive connections.
+        self.draining = False
+
+    # --- connection bookkeeping -------------------------------------------------------------
+
+    def opened(self, conn: Connection) -> None:
+        self.connections.add(conn)
+        self.stats.connections_active += 1
+        self.stats.connections_total += 1
+
+    def closed(self, conn: Connection, duration: float) -> None:
+        if conn in self.connections:
+            self.connections.discard(conn)
+            self.stats.connections_active -= 1
+            self.stats.connection_duration.observe(duration)
+
+    def block(self, reason: str) -> None:
+        self.stats.blocked[reason] = self.stats.blocked.get(reason, 0) + 1
+
+    # --- upstreams --------------------------------------------------------------------------
+
+    def allows_target(self, target: Address) -> bool:
+        """Whether ``target`` is one of the forwarder's nodes: the relay is never an open proxy."""
+        if self.forwarder is None:
+            return False
+        host = target.host or "127.0.0.1"
+        return any(
+            (n.config.addr.host or "127.0.0.1") == host and n.config.addr.port == target.port
+            for n in self.forwarder.nodes
+        )
+
+    async def connect_upstream(
+        self,
+        target: Address | None = None,
+        key: str | None = None,
+        exclude: frozenset[str] = frozenset(),
+    ) -> Dialed:
+        """Connect toward ``target``, or toward the forwarder's choice when it is None.
+
+        Through the service's chain when it has one (an unset target then means "the last
+        hop's default"), else directly to forwarder nodes, failing over between them.
+        Raises ``DialError``.
+        """
+        timeout = self.config.handler.http.ttfb_timeout
+        if self.chain is not None:
+            if target is None and self.forwarder is not None:
+                now = asyncio.get_running_loop().time()
+                target = self.forwarder.candidates(now, key)[0].config.addr
+            return await self.chain.dial(target, key, exclude)
+        if target is not None:
+            return await self._dial_node(target, target_name=str(target))
+        if self.forwarder is None:
+            raise DialError(f"service {self.name}: no chain and no forwarder to send to")
+        return await self._dial_forwarder(self.forwarder, key, exclude, min(timeout, 10.0))
+
+    async def _dial_node(self, addr: Address, target_name: str) -> Dialed:
+        try:
+            return await dial_direct(addr, 10.0)
+        except (OSError, TimeoutError, ssl.SSLError, TransportError) as exc:
+            self.metrics.upstream_error(self.name, target_name, "connect")
+            raise DialError(f"{target_name}: {exc or type(exc).__name__}", target_name) from exc
+
+    async def _dial_forwarder(
+        self, group: NodeGroup, key: str | None, exclude: frozenset[str], timeout: float
+    ) -> Dialed:
+        loop = asyncio.get_running_loop()
+        last = "no nodes"
+        for node in group.candidates(loop.time(), key):
+            if node.name in exclude:
+                continue
+            try:
+                dialed = await dial_direct(node.config.addr, timeout)
+            except (OSError, TimeoutError, TransportError) as exc:
+                node.mark_failed(loop.time(), group.selector)
+                self.metrics.upstream_error(self.name, node.name, "connect")
+                last = f"{node.name}: {exc or type(exc).__name__}"
+                log.warning("service %s: forwarder node %s failed: %s", self.name, node.name, exc)
+                continue
+            node.mark_ok()
+            return Dialed(dialed.transport, dialed.pending, node.name, None)
+        raise DialError(f"service {self.name}: no forwarder node reachable ({last})")
+
+    def start(self) -> None:
+        if self.chain is not None:
+            self.chain.start_probes()
+        if self.forwarder is not None:
+            self.forwarder.start_probes()
+
+    async def stop(self) -> None:
+        if self.chain is not None:
+            await self.chain.stop_probes()
+        if self.forwarder is not None:
+            await self.forwarder.stop_probes()

@@ -1,0 +1,89 @@
+"""Bidirectional forwarding between two transports, with bounded buffers.
+
+Each end's protocol writes what it reads straight into the other transport. When a transport's
+write buffer passes its high-water mark (``buffer_size``), asyncio calls ``pause_writing`` on
+its protocol and we stop reading the *other* side; ``resume_writing`` at the low-water mark
+resumes it. So a slow reader pauses its sender and memory per connection stays bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from relay.metrics import ServiceStats
+from relay.transports.base import PendingProtocol
+
+
+class SpliceEnd(asyncio.Protocol):
+    __slots__ = ("_done", "_stats", "eof", "from_client", "peer", "transport")
+
+    def __init__(
+        self,
+        transport: asyncio.Transport,
+        stats: ServiceStats,
+        from_client: bool,
+        done: Callable[[], None],
+    ) -> None:
+        self.transport = transport
+        self.peer: SpliceEnd
+        self.from_client = from_client
+        self.eof = False
+        self._stats = stats
+        self._done = done
+
+    def data_received(self, data: bytes) -> None:
+        # DANGER ZONE: runs for every chunk of every tunneled connection.
+        self.peer.transport.write(data)
+        if self.from_client:
+            self._stats.bytes_in += len(data)
+        else:
+            self._stats.bytes_out += len(data)
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        peer = self.peer.transport
+        if self.peer.eof or not peer.can_write_eof():
+            peer.close()
+            return False
+        peer.write_eof()  # half-close: the other side may still answer
+        return True
+
+    def pause_writing(self) -> None:
+        self.peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.peer.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # close() lets the peer flush what it still holds; then both ends are gone.
+        self.peer.transport.close()
+        self._done()
+
+
+def splice(
+    client: asyncio.Transport,
+    upstream: asyncio.Transport,
+    upstream_pending: PendingProtocol,
+    stats: ServiceStats,
+    buffer_size: int,
+    on_close: Callable[[], None],
+) -> None:
+    """Forward bytes both ways until both ends are closed; ``on_close`` runs once at the end."""
+    closed = 0
+
+    def end_closed() -> None:
+        nonlocal closed
+        closed += 1
+        if closed == 2:
+            on_close()
+
+    down = SpliceEnd(client, stats, True, end_closed)
+    up = SpliceEnd(upstream, stats, False, end_closed)
+    down.peer, up.peer = up, down
+    client.set_write_buffer_limits(high=buffer_size)
+    upstream.set_write_buffer_limits(high=buffer_size)
+    client.set_protocol(down)
+    upstream_pending.hand_over(up)
+    if client.is_closing():
+        down.connection_lost(None)
