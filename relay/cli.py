@@ -33,19 +33,21 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="validate a config file; exit 0 if valid, 1 if not")
     check.add_argument("-C", "--config", required=True, help="relay config file (YAML)")
 
-    origin = commands.add_parser("dev-origin", help="run the LLM-like test origin")
-    origin.add_argument("rest", nargs=argparse.REMAINDER)
+    commands.add_parser(
+        "dev-origin", add_help=False, help="run the LLM-like test origin (see dev-origin --help)"
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["dev-origin"]:  # its own argument parser takes the rest
+        from relay import dev_origin
+
+        return dev_origin.main(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "check":
         return _check(args.config)
-    if args.command == "dev-origin":
-        from relay import dev_origin
-
-        return dev_origin.main(args.rest)
     return _run(args)
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import uvloop
 
 from relay.config import config_from_mapping
 from relay.dev_origin import serve_origin
@@ -15,6 +16,13 @@ from relay.server import RelayNode
 from tests.certs import CA, CertPair, issue, make_ca
 
 AUTH = {"username": "edge-1", "password": "s3cret"}
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """The relay runs on uvloop in production (``uvloop.run``), so the tests do too."""
+    return {"uvloop": uvloop.new_event_loop}
 
 
 @pytest.fixture(scope="session")

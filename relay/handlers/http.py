@@ -10,6 +10,7 @@ can have reached an origin: the dial failed, or the relay server refused the tun
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 import logging
 import uuid
 from collections import deque
@@ -74,6 +75,7 @@ class Exchange:
         self.first_byte_at = 0.0
         self.last_activity = 0.0
         self.response_begun = False
+        self.client_left = False
         self._timers: list[asyncio.TimerHandle] = []
 
     # --- request body (from the client parser) ----------------------------------------------
@@ -251,6 +253,7 @@ class Exchange:
             self.done.set_result(Outcome.FAILED)
 
     def client_gone(self) -> None:
+        self.client_left = True
         if self.done.done():
             return
         self._cancel_timers()
@@ -294,8 +297,8 @@ class HttpConnection(asyncio.Protocol):
     # --- asyncio.Protocol -------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0] if peer else ""
         self._opened_at = self.loop.time()
@@ -463,12 +466,12 @@ class HttpConnection(asyncio.Protocol):
                         key=self.peer_ip, exclude=frozenset(tried)
                     )
                 except DialError as exc:
-                    if exchange.done.done():  # client went away meanwhile
+                    if exchange.client_left:
                         return False
                     self.service.metrics.upstream_error(self.service.name, exc.node, "connect")
                     self.answer_error(exchange, 502, "bad_gateway", str(exc))
                     return exchange.body_done
-                if exchange.done.done():
+                if exchange.client_left:
                     dialed.transport.close()
                     return False
                 upstream = UpstreamConnection(dialed.transport, dialed.node)

@@ -6,6 +6,7 @@ Both read a little (``relay``: the header), connect upstream, then splice the tw
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 import hmac
 import logging
 
@@ -36,8 +37,8 @@ class _TunnelConnection(asyncio.Protocol):
         self._upstream: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0] if peer else ""
         self._started = asyncio.get_running_loop().time()

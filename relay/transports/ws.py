@@ -7,6 +7,7 @@ separate small protocols that run first and then hand the raw transport over.
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 from collections.abc import Callable
 
 from wsproto import ConnectionType, WSConnection
@@ -183,8 +184,8 @@ class ServerHandshake(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
         self._timer = asyncio.get_running_loop().call_later(self._timeout, transport.abort)
 
     def data_received(self, data: bytes) -> None:

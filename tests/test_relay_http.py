@@ -1,0 +1,140 @@
+"""The http handler's failure answers: 502/504 as JSON, retries, broken streams stay broken."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import struct
+
+from tests.conftest import StartNode, core_mapping, edge_mapping, hop_node, wait_for
+from tests.helpers import chat, request
+
+
+def _free_port() -> int:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = int(sock.getsockname()[1])
+    sock.close()
+    return port
+
+
+async def test_no_reachable_core_gives_json_502(start_node: StartNode) -> None:
+    edge = await start_node(edge_mapping([hop_node("core-1", "tcp", _free_port())]))
+
+    response = await request(edge.bound_port("edge"), "GET", "/v1/models")
+
+    assert response.status == 502
+    body = json.loads(response.body)
+    assert body["error"] == "bad_gateway"
+    assert "core-1" in body["message"] or "no node reachable" in body["message"]
+    assert body["request_id"] == response.headers["x-request-id"]
+
+
+async def test_ttfb_timeout_gives_json_504(start_node: StartNode, origin: int) -> None:
+    core = await start_node(core_mapping("tcp", origin))
+    edge = await start_node(
+        edge_mapping(
+            [hop_node("core-1", "tcp", core.bound_port("core"))],
+            metadata={"ttfbTimeout": "300ms"},
+        )
+    )
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+
+    response = await request(
+        edge.bound_port("edge"), "POST", "/v1/chat/completions", chat(3, ttfb_ms=3000)
+    )
+
+    assert response.status == 504
+    assert json.loads(response.body)["error"] == "gateway_timeout"
+    assert "ttfbTimeout" in json.loads(response.body)["message"]
+    assert loop.time() - started < 2.5
+
+
+async def test_idle_timeout_breaks_the_stream_visibly(start_node: StartNode, origin: int) -> None:
+    core = await start_node(core_mapping("tcp", origin))
+    edge = await start_node(
+        edge_mapping(
+            [hop_node("core-1", "tcp", core.bound_port("core"))],
+            metadata={"idleTimeout": "300ms"},
+        )
+    )
+
+    response = await request(
+        edge.bound_port("edge"), "POST", "/v1/chat/completions", chat(5, interval_ms=1500)
+    )
+
+    assert response.status == 200
+    assert not response.complete  # no terminating chunk: the client knows it was cut
+    assert len(response.events) < 5
+
+
+async def test_refused_tunnel_is_retried_on_the_next_core(start_node: StartNode, origin: int) -> None:
+    """core-1 cannot reach its origin and refuses; no byte reached an origin, so core-2 serves."""
+    broken = await start_node(core_mapping("tcp", _free_port()))
+    healthy = await start_node(core_mapping("tcp", origin))
+    edge = await start_node(
+        edge_mapping(
+            [
+                hop_node("core-1", "tcp", broken.bound_port("core")),
+                hop_node("core-2", "tcp", healthy.bound_port("core")),
+            ],
+            selector={"strategy": "fifo"},
+        )
+    )
+
+    response = await request(edge.bound_port("edge"), "POST", "/echo", {"prompt": "x" * 5000})
+
+    assert response.status == 200
+    assert json.loads(json.loads(response.body)["body"]) == {"prompt": "x" * 5000}
+    assert healthy.runtime("core").stats.connections_total == 1
+
+
+async def _resetting_origin(chunks: int) -> asyncio.Server:
+    """An origin that starts a chunked stream, then resets the connection mid-body."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+            b"transfer-encoding: chunked\r\n\r\n"
+        )
+        for i in range(chunks):
+            event = b'data: {"seq": %d}\n\n' % i
+            writer.write(b"%x\r\n%s\r\n" % (len(event), event))
+            await writer.drain()
+            await asyncio.sleep(0.02)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+
+async def test_origin_reset_mid_stream_reaches_the_client_as_an_error(start_node: StartNode) -> None:
+    server = await _resetting_origin(3)
+    try:
+        core = await start_node(core_mapping("tcp", server.sockets[0].getsockname()[1]))
+        edge = await start_node(edge_mapping([hop_node("core-1", "tcp", core.bound_port("core"))]))
+
+        response = await request(edge.bound_port("edge"), "POST", "/v1/chat/completions", chat(3))
+
+        assert response.status == 200
+        assert [e["seq"] for _, e in response.events] == [0, 1, 2]
+        assert not response.complete
+        stats = edge.runtime("edge").stats
+        await wait_for(lambda: stats.connections_active == 0)
+    finally:
+        server.close()
+
+
+async def test_malformed_request_gets_400(start_node: StartNode, origin: int) -> None:
+    core = await start_node(core_mapping("tcp", origin))
+    edge = await start_node(edge_mapping([hop_node("core-1", "tcp", core.bound_port("core"))]))
+    reader, writer = await asyncio.open_connection("127.0.0.1", edge.bound_port("edge"))
+    writer.write(b"NOT HTTP AT ALL\r\n\r\n")
+    answer = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 400")
+    assert b'"error": "bad_request"' in answer

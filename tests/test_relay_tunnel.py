@@ -1,0 +1,145 @@
+"""The relay (tunnel server) handler and the forward handler, on real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+
+from relay.protocols import relay_v1
+from relay.protocols.relay_v1 import Request, Status
+from tests.conftest import AUTH, StartNode, core_mapping, edge_mapping, hop_node, wait_for
+from tests.helpers import read_response, request_bytes
+
+
+async def _tunnel(port: int, request: Request, first: bytes) -> tuple[bytes, bytes]:
+    """Open a raw tunnel: header plus first data in one write; return (status header, rest)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(relay_v1.encode_request(request) + first)
+    try:
+        head = await asyncio.wait_for(reader.readexactly(4), 5)
+        rest = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+    return head, rest
+
+
+async def test_authenticated_tunnel_reaches_default_target(start_node: StartNode, origin: int) -> None:
+    core = await start_node(core_mapping("tcp", origin))
+    get = request_bytes("GET", "/healthz", headers={"connection": "close"})
+
+    head, rest = await _tunnel(core.bound_port("core"), Request(**AUTH), get)
+
+    assert head == relay_v1.encode_response(Status.OK)
+    assert rest.startswith(b"HTTP/1.1 200")
+
+
+@pytest.mark.parametrize(
+    ("username", "password"), [("edge-1", "wrong"), ("intruder", "s3cret"), (None, None)]
+)
+async def test_unauthenticated_clients_are_refused(
+    start_node: StartNode, origin: int, username: str | None, password: str | None
+) -> None:
+    core = await start_node(core_mapping("tcp", origin))
+
+    head, rest = await _tunnel(
+        core.bound_port("core"), Request(username=username, password=password), b"GET / HTTP/1.1\r\n\r\n"
+    )
+
+    assert head == relay_v1.encode_response(Status.UNAUTHORIZED)
+    assert rest == b""
+    assert core.runtime("core").stats.blocked["unauthorized"] == 1
+
+
+async def test_targets_outside_the_forwarder_are_forbidden(start_node: StartNode, origin: int) -> None:
+    """Never an open proxy: only the forwarder's nodes may be reached."""
+    core = await start_node(core_mapping("tcp", origin))
+    other = socket.socket()
+    other.bind(("127.0.0.1", 0))
+    other.listen()
+    try:
+        for target in [("127.0.0.1", other.getsockname()[1]), ("localhost", origin), ("10.1.2.3", 22)]:
+            head, _ = await _tunnel(core.bound_port("core"), Request(**AUTH, target=target), b"x")
+            assert head == relay_v1.encode_response(Status.FORBIDDEN), target
+        get = request_bytes("GET", "/healthz", headers={"connection": "close"})
+        allowed = Request(**AUTH, target=("127.0.0.1", origin))
+        head, rest = await _tunnel(core.bound_port("core"), allowed, get)
+        assert head == relay_v1.encode_response(Status.OK)
+        assert rest.startswith(b"HTTP/1.1 200")
+    finally:
+        other.close()
+
+
+async def test_garbage_header_gets_bad_request(start_node: StartNode, origin: int) -> None:
+    core = await start_node(core_mapping("tcp", origin))
+    reader, writer = await asyncio.open_connection("127.0.0.1", core.bound_port("core"))
+    writer.write(b"GET / HTTP/1.1\r\n\r\n")
+    assert await asyncio.wait_for(reader.read(), 5) == relay_v1.encode_response(Status.BAD_REQUEST)
+    writer.close()
+
+
+async def test_unreachable_target_gets_service_unavailable(start_node: StartNode) -> None:
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    port = dead.getsockname()[1]
+    dead.close()
+    core = await start_node(core_mapping("tcp", port))
+
+    head, _ = await _tunnel(core.bound_port("core"), Request(**AUTH), b"x")
+
+    assert head == relay_v1.encode_response(Status.SERVICE_UNAVAILABLE)
+
+
+async def test_forward_handler_carries_l4_through_the_chain(start_node: StartNode, origin: int) -> None:
+    core = await start_node(core_mapping("tcp", origin))
+    edge = await start_node(
+        edge_mapping([hop_node("core-1", "tcp", core.bound_port("core"))], handler="forward")
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", edge.bound_port("edge"))
+    writer.write(request_bytes("GET", "/bytes?n=100000"))
+    response = await asyncio.wait_for(read_response(reader), 10)
+    writer.close()
+
+    assert response.status == 200
+    assert len(response.body) == 100_000
+    stats = edge.runtime("edge").stats
+    assert stats.bytes_out >= 100_000
+    await wait_for(lambda: stats.connections_active == 0)
+
+
+async def test_dead_core_fails_over_and_is_retried_after_fail_timeout(
+    start_node: StartNode, origin: int
+) -> None:
+    parked = socket.socket()  # reserve a port, then free it: nothing listens there
+    parked.bind(("127.0.0.1", 0))
+    dead_port = parked.getsockname()[1]
+    parked.close()
+    live = await start_node(core_mapping("tcp", origin))
+    edge = await start_node(
+        edge_mapping(
+            [hop_node("core-1", "tcp", dead_port), hop_node("core-2", "tcp", live.bound_port("core"))],
+            selector={"strategy": "fifo", "maxFails": 1, "failTimeout": "1s"},
+        )
+    )
+    port = edge.bound_port("edge")
+    hop = edge.runtime("edge").chain.hops[0]  # type: ignore[union-attr]
+
+    from tests.helpers import request
+
+    first = await request(port, "GET", "/healthz")
+    assert first.status == 200
+    assert hop.nodes[0].failed_until > 0  # core-1 benched
+    second = await request(port, "GET", "/healthz")
+    assert second.status == 200
+    assert live.runtime("core").stats.connections_total == 2
+
+    # core-1 comes back on its port; after failTimeout it is first choice again (fifo).
+    revived = await start_node(
+        {**core_mapping("tcp", origin), "services": [{**core_mapping("tcp", origin)["services"][0], "addr": f"127.0.0.1:{dead_port}"}]}
+    )
+    await asyncio.sleep(1.1)
+    third = await request(port, "GET", "/healthz")
+    assert third.status == 200
+    assert revived.runtime("core").stats.connections_total == 1
+    assert live.runtime("core").stats.connections_total == 2
