@@ -123,7 +123,11 @@ class AdminServer:
         config = self._config
         assert config is not None
         path = path.split("?", 1)[0]
-        if config.metrics is not None and path == config.metrics.path and local_port == self.metrics_port:
+        if (
+            config.metrics is not None
+            and path == config.metrics.path
+            and local_port == self.metrics_port
+        ):
             return _Response(200, self._node.metrics.exposition(), "text/plain; version=0.0.4")
         if config.api is None or local_port != self.api_port:
             return _json(404, {"error": "not_found", "message": path})
@@ -146,13 +150,22 @@ class AdminServer:
     async def _reload(self) -> _Response:
         source = self._node.reload_source
         if source is None:
-            return _json(409, {"error": "no_source", "message": "this node was not started from a file"})
+            return _json(
+                409, {"error": "no_source", "message": "this node was not started from a file"}
+            )
         async with self._reload_lock:
             try:
                 new = source()
             except ConfigError as exc:
                 issues = [str(i) for i in exc.issues]
-                return _json(400, {"error": "invalid_config", "message": "config refused; the running one stays", "issues": issues})
+                return _json(
+                    400,
+                    {
+                        "error": "invalid_config",
+                        "message": "config refused; the running one stays",
+                        "issues": issues,
+                    },
+                )
             try:
                 await self._node.reload(new)
             except OSError as exc:

@@ -43,7 +43,7 @@ class DialError(TransportError):
 class NodeState:
     """A node and its passive health: ``max_fails`` failures in a row bench it for a while."""
 
-    __slots__ = ("config", "fails", "failed_until")
+    __slots__ = ("config", "failed_until", "fails")
 
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
@@ -183,7 +183,11 @@ async def open_connection(
     if over is None:
         transport, _ = await asyncio.wait_for(
             loop.create_connection(
-                PendingProtocol, host, addr.port, ssl=ctx, server_hostname=server_name if ctx else None
+                PendingProtocol,
+                host,
+                addr.port,
+                ssl=ctx,
+                server_hostname=server_name if ctx else None,
             ),
             dialer.timeout,
         )

@@ -25,10 +25,14 @@ def _parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run a relay node")
     run.add_argument("-C", "--config", help="relay config file (YAML)")
-    run.add_argument("-L", dest="listen", action="append", default=[],
-                     help="service URL, e.g. http://:8080 or relay+tls://user:pass@:8443/127.0.0.1:8000")  # fmt: skip
-    run.add_argument("-F", dest="forward", action="append", default=[],
-                     help="chain node URL, e.g. relay+wss://core.example:8444?path=/tunnel")  # fmt: skip
+    run.add_argument(
+        "-L", dest="listen", action="append", default=[],
+        help="service URL, e.g. http://:8080 or relay+tls://user:pass@:8443/127.0.0.1:8000",
+    )  # fmt: skip
+    run.add_argument(
+        "-F", dest="forward", action="append", default=[],
+        help="chain node URL, e.g. relay+wss://core.example:8444?path=/tunnel",
+    )  # fmt: skip
 
     check = commands.add_parser("check", help="validate a config file; exit 0 if valid, 1 if not")
     check.add_argument("-C", "--config", required=True, help="relay config file (YAML)")

@@ -51,7 +51,9 @@ async def listen(
     """
     kind = service.listener.type
     if kind in ("quic", "http3"):
-        raise ListenerUnavailable(f"service {service.name}: {kind} listener is not available in this build")
+        raise ListenerUnavailable(
+            f"service {service.name}: {kind} listener is not available in this build"
+        )
     ssl_ctx = None
     if kind in ("tls", "wss"):
         tls = service.listener.tls or default_tls

@@ -95,7 +95,9 @@ class RelayNode:
         try:
             for service in self.config.services:
                 slot = _Slot(service, self._runtime(service, self.config, self._chains))
-                slot.server = await listen(service, self.config.tls, self.config.base_dir, slot.make_protocol)
+                slot.server = await listen(
+                    service, self.config.tls, self.config.base_dir, slot.make_protocol
+                )
                 slot.runtime.start()
                 self._slots[service.name] = slot
                 log.info("service %s listening on %s (%s/%s)", service.name, service.addr,
@@ -131,8 +133,9 @@ class RelayNode:
             raise
         slots: dict[str, _Slot] = {}
         for service in new.services:
-            slot = fresh.get(service.name)
-            if slot is None:  # keep the socket; new connections get the new runtime
+            if service.name in fresh:
+                slot = fresh[service.name]
+            else:  # keep the socket; new connections get the new runtime
                 slot = self._slots[service.name]
                 slot.retired.append(slot.runtime)
                 slot.runtime, slot.config = runtimes[service.name], service
@@ -143,7 +146,9 @@ class RelayNode:
             if slots.get(name) is not old:
                 if old.server is not None:
                     old.server.close()
-                task = loop.create_task(self._drain([*old.retired, old.runtime], new.shutdown_timeout))
+                task = loop.create_task(
+                    self._drain([*old.retired, old.runtime], new.shutdown_timeout)
+                )
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
         for slot in slots.values():

@@ -11,7 +11,7 @@ import logging
 import ssl
 from typing import Protocol
 
-from relay.chain import Chain, DialError, Dialed, NodeGroup, dial_direct
+from relay.chain import Chain, Dialed, DialError, NodeGroup, dial_direct
 from relay.config.model import Address, ServiceConfig
 from relay.metrics import RelayMetrics, ServiceStats
 from relay.transports.base import TransportError
@@ -46,7 +46,9 @@ class ServiceRuntime:
         self.forwarder: NodeGroup | None = None
         if config.forwarder is not None:
             fwd = config.forwarder
-            self.forwarder = NodeGroup(f"{config.name}.forwarder", fwd.nodes, fwd.selector, fwd.probe)
+            self.forwarder = NodeGroup(
+                f"{config.name}.forwarder", fwd.nodes, fwd.selector, fwd.probe
+            )
         self.connections: set[Connection] = set()
         #: Set when the service stops accepting; handlers close idle keep-alive connections.
         self.draining = False

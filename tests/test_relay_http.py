@@ -70,7 +70,9 @@ async def test_idle_timeout_breaks_the_stream_visibly(start_node: StartNode, ori
     assert len(response.events) < 5
 
 
-async def test_refused_tunnel_is_retried_on_the_next_core(start_node: StartNode, origin: int) -> None:
+async def test_refused_tunnel_is_retried_on_the_next_core(
+    start_node: StartNode, origin: int
+) -> None:
     """core-1 cannot reach its origin and refuses; no byte reached an origin, so core-2 serves."""
     broken = await start_node(core_mapping("tcp", _free_port()))
     healthy = await start_node(core_mapping("tcp", origin))
@@ -112,7 +114,9 @@ async def _resetting_origin(chunks: int) -> asyncio.Server:
     return await asyncio.start_server(handle, "127.0.0.1", 0)
 
 
-async def test_origin_reset_mid_stream_reaches_the_client_as_an_error(start_node: StartNode) -> None:
+async def test_origin_reset_mid_stream_reaches_the_client_as_an_error(
+    start_node: StartNode,
+) -> None:
     server = await _resetting_origin(3)
     try:
         core = await start_node(core_mapping("tcp", server.sockets[0].getsockname()[1]))

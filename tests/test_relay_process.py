@@ -135,7 +135,9 @@ async def test_slow_reader_does_not_grow_relay_memory(tmp_path: Path, origin_pro
         relay.stop()
 
 
-async def test_cli_run_metrics_reload_and_graceful_stop(tmp_path: Path, origin_process: int) -> None:
+async def test_cli_run_metrics_reload_and_graceful_stop(
+    tmp_path: Path, origin_process: int
+) -> None:
     config = _edge_and_core_config(origin_process)
     relay = RelayProcess(config, tmp_path)
     try:
@@ -198,27 +200,40 @@ def test_check_command_reports_every_error_with_its_path(tmp_path: Path) -> None
     bad = tmp_path / "bad.yaml"
     bad.write_text(
         "services:\n"
-        "- name: a\n  addr: ':8080'\n  listener: {type: qic}\n  handler: {type: http, chain: nope}\n"
+        "- name: a\n  addr: ':8080'\n  listener: {type: qic}\n"
+        "  handler: {type: http, chain: nope}\n"
     )
     good = tmp_path / "good.yaml"
     good.write_text(
         yaml.safe_dump(
-            {"services": [{"name": "a", "addr": ":8080", "listener": {"type": "tcp"},
-                           "handler": {"type": "http"},
-                           "forwarder": {"nodes": [{"name": "o", "addr": "127.0.0.1:8000"}]}}]}
-        )  # fmt: skip
+            {
+                "services": [
+                    {
+                        "name": "a",
+                        "addr": ":8080",
+                        "listener": {"type": "tcp"},
+                        "handler": {"type": "http"},
+                        "forwarder": {"nodes": [{"name": "o", "addr": "127.0.0.1:8000"}]},
+                    }
+                ]
+            }
+        )
     )
     broken = tmp_path / "broken.yaml"
     broken.write_text("services: [\n  {name: a,\n")
 
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
-    run = lambda path: subprocess.run(  # noqa: E731
-        [*RELAY, "check", "-C", str(path)], capture_output=True, text=True, env=env
-    )
-    bad_result, good_result, broken_result = run(bad), run(good), run(broken)
+
+    def check(path: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*RELAY, "check", "-C", str(path)], capture_output=True, text=True, env=env
+        )
+
+    bad_result, good_result, broken_result = check(bad), check(good), check(broken)
 
     assert bad_result.returncode == 1
-    assert "services[0].listener.type: unknown listener 'qic'; expected one of tcp, tls, ws, wss, quic, http3" in bad_result.stderr
+    expected = "unknown listener 'qic'; expected one of tcp, tls, ws, wss, quic, http3"
+    assert f"services[0].listener.type: {expected}" in bad_result.stderr
     assert "services[0].handler.chain" in bad_result.stderr
     assert "Traceback" not in bad_result.stderr
     assert good_result.returncode == 0

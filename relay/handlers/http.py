@@ -10,11 +10,11 @@ can have reached an origin: the dial failed, or the relay server refused the tun
 from __future__ import annotations
 
 import asyncio
-from typing import cast
 import logging
 import uuid
 from collections import deque
 from enum import Enum
+from typing import cast
 
 import httptools
 
@@ -188,7 +188,9 @@ class Exchange:
             self._cancel_timers()
             self.done.set_result(Outcome.RETRY)
             return
-        message = f"upstream closed the connection ({exc})" if exc else "upstream closed the connection"
+        message = (
+            f"upstream closed the connection ({exc})" if exc else "upstream closed the connection"
+        )
         self._fail(502, "bad_gateway", message, reason="reset")
 
     def pause_client_reading(self) -> None:
@@ -302,7 +304,7 @@ class HttpConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0] if peer else ""
         self._opened_at = self.loop.time()
-        transport.set_write_buffer_limits(high=self.service.config.buffer_size)
+        self.transport.set_write_buffer_limits(high=self.service.config.buffer_size)
         self.service.opened(self)
         self._arm_keepalive()
 
@@ -323,9 +325,7 @@ class HttpConnection(asyncio.Protocol):
     def eof_received(self) -> bool:
         # Half-closed client: finish the exchange in flight, then close.
         self._closing = True
-        if self._active is None and not self._queue:
-            return False
-        return True
+        return self._active is not None or bool(self._queue)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
@@ -450,7 +450,9 @@ class HttpConnection(asyncio.Protocol):
                     break
                 self._arm_keepalive()
         except Exception:  # a bug, not a client's doing: log it with context and drop the client
-            log.exception("service %s: http connection from %s failed", self.service.name, self.peer_ip)
+            log.exception(
+                "service %s: http connection from %s failed", self.service.name, self.peer_ip
+            )
         finally:
             if self.transport is not None and not self.transport.is_closing():
                 self.transport.close()
@@ -486,11 +488,17 @@ class HttpConnection(asyncio.Protocol):
                 return True
             if outcome is Outcome.RETRY and exchange.retained is not None:
                 tried.add(upstream.node)
-                log.info("service %s: retrying %s on another node", self.service.name, exchange.request_id.decode())
+                log.info(
+                    "service %s: retrying %s on another node",
+                    self.service.name,
+                    exchange.request_id.decode(),
+                )
                 continue
             if outcome is Outcome.RETRY:
                 self.answer_error(exchange, 502, "bad_gateway", "upstream refused the request")
-            return outcome is not Outcome.FAILED or (not exchange.response_begun and exchange.body_done)
+            return outcome is not Outcome.FAILED or (
+                not exchange.response_begun and exchange.body_done
+            )
         self.answer_error(exchange, 502, "bad_gateway", "no upstream accepted the request")
         return False
 

@@ -6,11 +6,11 @@ Both read a little (``relay``: the header), connect upstream, then splice the tw
 from __future__ import annotations
 
 import asyncio
-from typing import cast
 import hmac
 import logging
+from typing import cast
 
-from relay.chain import DialError, Dialed
+from relay.chain import Dialed, DialError
 from relay.config.model import Address
 from relay.protocols import relay_v1
 from relay.protocols.relay_v1 import Status
@@ -150,7 +150,9 @@ class RelayServerConnection(_TunnelConnection):
         try:
             parsed = relay_v1.parse_request(self._buf)
         except relay_v1.ProtocolError as exc:
-            log.info("service %s: bad relay header from %s: %s", self.service.name, self.peer_ip, exc)
+            log.info(
+                "service %s: bad relay header from %s: %s", self.service.name, self.peer_ip, exc
+            )
             self._refuse(Status.BAD_REQUEST, "bad_request")
             return
         if parsed is None:

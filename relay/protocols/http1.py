@@ -79,9 +79,7 @@ def chunk(data: bytes) -> bytes:
 LAST_CHUNK = b"0\r\n\r\n"
 
 
-def json_error(
-    status: int, error: str, message: str, request_id: bytes, keep_alive: bool
-) -> bytes:
+def json_error(status: int, error: str, message: str, request_id: bytes, keep_alive: bool) -> bytes:
     """A complete JSON error response, as the relay itself answers (502, 504, 400 ...)."""
     body = json.dumps(
         {"error": error, "message": message, "request_id": request_id.decode()}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import cast, Any
+from typing import Any, cast
 
 
 class TransportError(Exception):

@@ -30,7 +30,9 @@ def server_context(tls: TLSConfig, base_dir: str, alpn: tuple[str, ...] = ()) ->
     return ctx
 
 
-def client_context(tls: TLSConfig | None, base_dir: str, alpn: tuple[str, ...] = ()) -> ssl.SSLContext:
+def client_context(
+    tls: TLSConfig | None, base_dir: str, alpn: tuple[str, ...] = ()
+) -> ssl.SSLContext:
     """Context for a dialer: verifies the server's certificate and name unless told not to."""
     tls = tls or TLSConfig()
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)

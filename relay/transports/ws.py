@@ -7,8 +7,8 @@ separate small protocols that run first and then hand the raw transport over.
 from __future__ import annotations
 
 import asyncio
-from typing import cast
 from collections.abc import Callable
+from typing import cast
 
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import (
@@ -186,7 +186,7 @@ class ServerHandshake(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
-        self._timer = asyncio.get_running_loop().call_later(self._timeout, transport.abort)
+        self._timer = asyncio.get_running_loop().call_later(self._timeout, self._transport.abort)
 
     def data_received(self, data: bytes) -> None:
         transport = self._transport
