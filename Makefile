@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test test-fast lint typecheck bench clean
+.PHONY: venv demo test test-fast lint bench clean
 
 venv: $(STAMP)
 
@@ -14,6 +14,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+# The whole loop on this machine. Until the master deploys relays itself, the relay-level demo:
+# origin, core and edge in their own processes, one streamed completion through them.
+demo: venv
+	$(PY) -m relay.demo
 
 test: venv
 	$(PY) -m pytest -q

@@ -47,7 +47,8 @@ class SpliceEnd(asyncio.Protocol):
             peer.close()
             return False
         peer.write_eof()  # half-close: the other side may still answer
-        return True
+        # Keep our side open for the answer, where the transport can (TLS cannot half-close).
+        return self.transport.can_write_eof()
 
     def pause_writing(self) -> None:
         self.peer.transport.pause_reading()

@@ -51,7 +51,9 @@ class _TunnelConnection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def eof_received(self) -> bool:
-        return True  # keep the connection; the EOF is forwarded once spliced
+        # Keep the connection (where the transport can) so the EOF is forwarded once spliced.
+        assert self.transport is not None
+        return self.transport.can_write_eof()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
