@@ -811,7 +811,7 @@ def test_random_garbage_only_ever_raises_config_error(certs: Path) -> None:
 def test_random_yaml_text_only_ever_raises_config_error(certs: Path) -> None:
     rng = random.Random(7)
     alphabet = list(":{}[]-&*!|>'\"#%@`,? \n\t0x\x00\ufeff")
-    for _ in range(1500):
+    for _ in range(400):
         chars = list(FULL_YAML)
         for _ in range(rng.randint(1, 8)):
             at = rng.randrange(len(chars))
@@ -828,7 +828,7 @@ def test_random_yaml_text_only_ever_raises_config_error(certs: Path) -> None:
 @pytest.mark.parametrize(
     "text",
     [
-        "[" * 50000 + "]" * 50000,
+        "[" * 20000 + "]" * 20000,
         "a: &a [x, x, x, x, x, x, x, x]\n"
         + "".join(
             f"{c}: &{c} [{', '.join(['*' + p] * 8)}]\n"

@@ -55,7 +55,8 @@ class PendingProtocol(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self._eof = True
-        return True
+        # Stay open for writing where the transport can half-close (TLS cannot).
+        return self.transport is not None and self.transport.can_write_eof()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = (exc,)
@@ -122,7 +123,7 @@ class LayeredTransport(asyncio.Transport):
 
     def inner_eof(self) -> bool:
         self.deliver_eof()
-        return True
+        return not self.is_closing() and self.inner.can_write_eof()
 
     def inner_lost(self, exc: Exception | None) -> None:
         if self._lost:
