@@ -116,7 +116,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="aicdn-demo-") as tmp:
         core_cfg, edge_cfg = _configs(Path(tmp), origin, core, edge)
         try:
-            procs.append(subprocess.Popen([*relay, "dev-origin", "--listen", f"127.0.0.1:{origin}"]))
+            listen = f"127.0.0.1:{origin}"
+            procs.append(subprocess.Popen([*relay, "dev-origin", "--listen", listen]))
             procs.append(subprocess.Popen([*relay, "run", "-C", str(core_cfg)]))
             procs.append(subprocess.Popen([*relay, "run", "-C", str(edge_cfg)]))
             for port in (origin, core, edge):

@@ -35,6 +35,8 @@ class ServiceStats:
     """Live counters of one service; mutated on the hot path, read at scrape time."""
 
     __slots__ = (
+        "_requests",
+        "_requests_by_code",
         "blocked",
         "bytes_in",
         "bytes_out",
@@ -63,6 +65,16 @@ class ServiceStats:
         self.ttfb = metrics.ttfb.labels(name)
         self.request_size = metrics.request_size.labels(name)
         self.response_size = metrics.response_size.labels(name)
+        self._requests = metrics.requests
+        self._requests_by_code: dict[int, Counter] = {}
+
+    def count_request(self, status: int) -> None:
+        """Count an answered request; the labelled child is resolved once per status code."""
+        child = self._requests_by_code.get(status)
+        if child is None:
+            child = self._requests.labels(self.name, str(status))
+            self._requests_by_code[status] = child
+        child.inc()
 
 
 class RelayMetrics:

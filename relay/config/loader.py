@@ -22,7 +22,7 @@ import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
 import yaml
 
@@ -151,6 +151,7 @@ POLICY_SECTIONS = {
 }
 
 _T = TypeVar("_T")
+_NamedT = TypeVar("_NamedT", bound="_Named")
 
 # ----------------------------------------------------------------------------------------------
 # Public API
@@ -695,19 +696,24 @@ def _items(
     return out
 
 
-def _unique(ctx: _Ctx, items: Sequence[tuple[str, Any]], what: str) -> None:
-    """Report items whose ``.name`` repeats an earlier one. Empty names were reported already."""
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+def _unique(ctx: _Ctx, items: Sequence[tuple[str, _Named]], what: str) -> None:
+    """Report items whose name repeats an earlier one. Empty names were reported already."""
     first: dict[str, str] = {}
     for path, item in items:
-        name = cast(str, item.name)
-        if not name:
+        if not item.name:
             continue
-        if name in first:
+        if item.name in first:
             ctx.error(
-                _key(path, "name"), f"duplicate {what} name {_show(name)} (first at {first[name]})"
+                _key(path, "name"),
+                f"duplicate {what} name {_show(item.name)} (first at {first[item.name]})",
             )
         else:
-            first[name] = path
+            first[item.name] = path
 
 
 def _nonempty(ctx: _Ctx, value: object, path: str, what: str) -> None:
@@ -1221,17 +1227,18 @@ def _metrics(ctx: _Ctx, value: object, path: str) -> MetricsConfig | None:
         return None
     return MetricsConfig(
         addr=_address(ctx, d.get("addr"), _key(path, "addr"), listen=True),
-        path=_url_path(ctx, d.get("path"), _key(path, "path"), "/metrics"),
+        path=_url_path(ctx, d.get("path"), _key(path, "path"), MetricsConfig(_NO_ADDRESS).path),
     )
 
 
 def _workers(ctx: _Ctx, value: object, path: str) -> int:
+    default = RelayConfig().workers
     if value == "auto":
         return os.cpu_count() or 1
     if isinstance(value, str):
         ctx.error(path, f"expected an integer >= 1 or 'auto', got {_show(value)}")
-        return 1
-    return _int(ctx, value, path, 1, 1)
+        return default
+    return _int(ctx, value, path, default, 1)
 
 
 def _check_ports(ctx: _Ctx, sockets: list[tuple[str, str, Address]]) -> None:
@@ -1265,57 +1272,59 @@ def _build(data: object, base_dir: str, root: str) -> RelayConfig:
         section: _defined_names(top.get(section))
         for section in ("chains", *POLICY_SECTIONS.values())
     }
-    config = _build_top(ctx, top, base_dir)
+    config = _build_top(ctx, top)
     if ctx.issues:
         raise ConfigError(ctx.issues)
     return config
 
 
-def _build_top(ctx: _Ctx, top: dict[str, object], base_dir: str) -> RelayConfig:
+def _build_top(ctx: _Ctx, top: dict[str, object]) -> RelayConfig:
+    default = RelayConfig()
     tls = _tls(ctx, top.get("tls"), "tls")
     api = _api(ctx, top.get("api"), "api")
     metrics = _metrics(ctx, top.get("metrics"), "metrics")
     if top.get("services") is None or top.get("services") == []:
         ctx.error("services", "no services defined; a relay needs at least one")
-    services = _items(ctx, top.get("services"), "services", _service)
-    _unique(ctx, services, "service")
+    services = _named(ctx, top, "services", _service, "service")
     for path, service in services:
         _check_service_tls(ctx, path, service, tls)
     _check_ports(ctx, _listening_sockets(services, api, metrics))
-    chains = _items(ctx, top.get("chains"), "chains", _chain)
-    _unique(ctx, chains, "chain")
-    policies = {
-        section: _items(ctx, top.get(section), section, parse)
-        for section, parse in _POLICY_PARSERS.items()
-    }
-    for section, items in policies.items():
-        _unique(ctx, items, section.removesuffix("s"))
     return RelayConfig(
         services=tuple(service for _, service in services),
-        chains=tuple(chain for _, chain in chains),
+        chains=_values(_named(ctx, top, "chains", _chain, "chain")),
         log=_log(ctx, top.get("log"), "log"),
         api=api,
         metrics=metrics,
         tls=tls,
-        admissions=tuple(cast(AdmissionConfig, p) for _, p in policies["admissions"]),
-        shields=tuple(cast(ShieldConfig, p) for _, p in policies["shields"]),
-        ccs=tuple(cast(CCConfig, p) for _, p in policies["ccs"]),
-        climiters=tuple(cast(LimiterConfig, p) for _, p in policies["climiters"]),
-        rlimiters=tuple(cast(LimiterConfig, p) for _, p in policies["rlimiters"]),
+        admissions=_values(_named(ctx, top, "admissions", _admission, "admission")),
+        shields=_values(_named(ctx, top, "shields", _shield, "shield")),
+        ccs=_values(_named(ctx, top, "ccs", _cc, "cc")),
+        climiters=_values(_named(ctx, top, "climiters", _limiter, "climiter")),
+        rlimiters=_values(_named(ctx, top, "rlimiters", _limiter, "rlimiter")),
         workers=_workers(ctx, top.get("workers"), "workers"),
-        shutdown_timeout=_duration(ctx, top.get("shutdownTimeout"), "shutdownTimeout", 30.0),
-        version=_int(ctx, top.get("version"), "version", 0, 0),
-        base_dir=base_dir,
+        shutdown_timeout=_duration(
+            ctx, top.get("shutdownTimeout"), "shutdownTimeout", default.shutdown_timeout
+        ),
+        version=_int(ctx, top.get("version"), "version", default.version, 0),
+        base_dir=ctx.base_dir,
     )
 
 
-_POLICY_PARSERS: dict[str, Callable[[_Ctx, object, str, int], object]] = {
-    "admissions": _admission,
-    "shields": _shield,
-    "ccs": _cc,
-    "climiters": _limiter,
-    "rlimiters": _limiter,
-}
+def _named(
+    ctx: _Ctx,
+    top: dict[str, object],
+    section: str,
+    parse: Callable[[_Ctx, object, str, int], _NamedT],
+    what: str,
+) -> list[tuple[str, _NamedT]]:
+    """A top-level list of named items, parsed, with duplicate names reported."""
+    items = _items(ctx, top.get(section), section, parse)
+    _unique(ctx, items, what)
+    return items
+
+
+def _values(items: list[tuple[str, _T]]) -> tuple[_T, ...]:
+    return tuple(item for _, item in items)
 
 
 def _listening_sockets(

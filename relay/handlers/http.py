@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections import deque
 from enum import Enum
 from typing import cast
@@ -267,7 +266,7 @@ class Exchange:
 
     def _record(self, status: int) -> None:
         stats = self.conn.service.stats
-        self.conn.service.metrics.requests.labels(stats.name, str(status)).inc()
+        stats.count_request(status)
         stats.request_duration.observe(self.conn.loop.time() - self.started_at)
         stats.request_size.observe(self.body_bytes)
         stats.response_size.observe(self.response_bytes)
@@ -401,7 +400,7 @@ class HttpConnection(asyncio.Protocol):
             if name.lower() == b"transfer-encoding" and b"chunked" in value.lower():
                 chunked = True
         if not request_id:
-            request_id = uuid.uuid4().hex.encode()
+            request_id = http1.new_request_id()
         client_ip = self.peer_ip.encode()
         headers.append(
             (b"X-Forwarded-For", forwarded + b", " + client_ip if forwarded else client_ip)
@@ -544,10 +543,10 @@ class HttpConnection(asyncio.Protocol):
         """Answer a request we could not even parse, then close."""
         self._closing = True
         assert self.transport is not None
-        body = http1.json_error(status, error, message, uuid.uuid4().hex.encode(), False)
+        body = http1.json_error(status, error, message, http1.new_request_id(), False)
         if self._active is None:
             self.transport.write(body)
-        self.service.metrics.requests.labels(self.service.name, str(status)).inc()
+        self.service.stats.count_request(status)
         self.transport.close()
 
     def _arm_keepalive(self) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import re
 
 #: Headers that describe one connection, not the message: never forwarded (RFC 9110 §7.6.1).
@@ -37,6 +39,15 @@ REASONS = {
 }
 
 Headers = list[tuple[bytes, bytes]]
+
+# Request ids: a random per-process prefix and a counter. Unique across a fleet in practice,
+# and far cheaper per request than uuid4 (which reads os.urandom every time).
+_ID_PREFIX = os.urandom(8).hex().encode()
+_ID_COUNTER = itertools.count(1)
+
+
+def new_request_id() -> bytes:
+    return b"%s%08x" % (_ID_PREFIX, next(_ID_COUNTER))
 
 
 def valid_request_id(value: bytes) -> bool:
