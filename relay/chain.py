@@ -27,6 +27,7 @@ from relay.connector import RelayClientTransport
 from relay.protocols import relay_v1
 from relay.transports.base import LayeredTransport, PendingProtocol, TransportError, set_nodelay
 from relay.transports.tls import TUNNEL_ALPN, client_context
+from relay.transports.tls_layer import tls_over
 from relay.transports.ws import client_upgrade
 
 log = logging.getLogger(__name__)
@@ -193,13 +194,7 @@ async def open_connection(
         )
         set_nodelay(transport)
     elif ctx is not None:
-        upgraded = await asyncio.wait_for(
-            loop.start_tls(over, PendingProtocol(), ctx, server_hostname=server_name),
-            dialer.timeout,
-        )
-        if upgraded is None:
-            raise TransportError("TLS over the tunnel could not be started")
-        transport = upgraded
+        transport = await tls_over(over, ctx, server_name, dialer.timeout)
     else:
         transport = over
     if kind in ("ws", "wss"):

@@ -69,3 +69,31 @@ async def test_keep_alive_and_non_streaming_through_tunnel(
     assert seen["headers"]["x-request-id"] == "req-42"
     assert seen["headers"]["x-forwarded-for"] == "127.0.0.1"
     assert json.loads(seen["body"]) == {"x": 1}
+
+
+@pytest.mark.parametrize("inner", ["tcp", "ws", "tls"])
+async def test_two_hop_chain_streams_through_both_relays(
+    inner: str, start_node: StartNode, origin: int, ca: CA, server_cert: CertPair
+) -> None:
+    """edge → mid → core → origin: each hop's relay header names the next hop."""
+    core = await start_node(core_mapping(inner, origin, server_cert))
+    core_port = core.bound_port("core")
+    mid_mapping = core_mapping("tls", origin, server_cert)
+    mid_mapping["services"][0]["forwarder"] = {
+        "nodes": [{"name": "core", "addr": f"127.0.0.1:{core_port}"}]
+    }
+    mid = await start_node(mid_mapping)
+    edge_config = edge_mapping([hop_node("mid-1", "tls", mid.bound_port("core"), ca)])
+    edge_config["chains"][0]["hops"].append(
+        {"name": "core-hop", "nodes": [hop_node("core-1", inner, core_port, ca)]}
+    )
+    edge = await start_node(edge_config)
+
+    response = await request(
+        edge.bound_port("edge"), "POST", "/v1/chat/completions", chat(20, interval_ms=10)
+    )
+
+    assert response.status == 200 and response.complete
+    assert len([e for _, e in response.events if isinstance(e, dict)]) == 21
+    assert mid.runtime("core").stats.connections_total == 1
+    assert core.runtime("core").stats.connections_total == 1

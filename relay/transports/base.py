@@ -98,10 +98,15 @@ class LayeredTransport(asyncio.Transport):
         self._protocol: asyncio.BaseProtocol | None = None
         self._closing = False
         self._lost = False
+        #: Payload decoded before a protocol was set; ``start`` delivers it.
+        self._early: list[bytes] = []
         inner.set_protocol(_InnerAdapter(self))
 
     def start(self) -> None:
         """Deliver input that was queued before the protocol above was set; call once set."""
+        early, self._early = self._early, []
+        for data in early:
+            self.deliver(data)
 
     # --- for subclasses ---------------------------------------------------------------------
 
@@ -113,7 +118,9 @@ class LayeredTransport(asyncio.Transport):
 
     def deliver(self, data: bytes) -> None:
         protocol = self._protocol
-        if protocol is not None and data:
+        if protocol is None:
+            self._early.append(data)
+        elif data:
             protocol.data_received(data)  # type: ignore[attr-defined]
 
     def deliver_eof(self) -> None:

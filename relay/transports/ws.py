@@ -49,6 +49,7 @@ class WebSocketTransport(LayeredTransport):
 
         Call once the protocol above is set.
         """
+        super().start()
         self._process_events()
 
     def _ping(self) -> None:
