@@ -8,7 +8,7 @@ import socket
 import struct
 
 from tests.conftest import StartNode, core_mapping, edge_mapping, hop_node, wait_for
-from tests.helpers import chat, request
+from tests.helpers import chat, read_response, request, request_bytes
 
 
 def _free_port() -> int:
@@ -142,3 +142,29 @@ async def test_malformed_request_gets_400(start_node: StartNode, origin: int) ->
     writer.close()
     assert answer.startswith(b"HTTP/1.1 400")
     assert b'"error": "bad_request"' in answer
+
+
+async def test_request_bodies_stream_upstream_chunked_and_large(
+    start_node: StartNode, origin: int
+) -> None:
+    core = await start_node(core_mapping("tcp", origin))
+    edge = await start_node(edge_mapping([hop_node("core-1", "tcp", core.bound_port("core"))]))
+    reader, writer = await asyncio.open_connection("127.0.0.1", edge.bound_port("edge"))
+    parts = [b'{"a": "', b"x" * 3000, b'", "b": ', b"1}"]
+    writer.write(b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+    for part in parts:  # arrives in pieces, as an SDK streaming its upload would send it
+        writer.write(b"%x\r\n%s\r\n" % (len(part), part))
+        await writer.drain()
+        await asyncio.sleep(0.01)
+    writer.write(b"0\r\n\r\n")
+    chunked = await asyncio.wait_for(read_response(reader), 10)
+    big = b'{"p": "' + b"y" * (3 << 20) + b'"}'  # larger than the retry buffer
+    writer.write(request_bytes("POST", "/echo", big))
+    large = await asyncio.wait_for(read_response(reader), 10)
+    writer.close()
+
+    assert chunked.status == 200
+    assert json.loads(json.loads(chunked.body)["body"]) == {"a": "x" * 3000, "b": 1}
+    assert large.status == 200
+    assert len(json.loads(large.body)["body"]) == len(big)
+    assert core.runtime("core").stats.connections_total == 1  # one upstream, kept alive
