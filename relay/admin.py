@@ -11,15 +11,36 @@ import hmac
 import json
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from relay.config import ConfigError, redacted_mapping
 from relay.config.model import Address, RelayConfig
 
-if TYPE_CHECKING:
-    from relay.server import RelayNode
-
 log = logging.getLogger(__name__)
+
+
+class NoReloadSource(Exception):
+    """The node was started from URLs, not from a file: there is nothing to reload."""
+
+
+class AdminTarget(Protocol):
+    """What the admin API serves: a single relay node, or the supervisor of its workers."""
+
+    @property
+    def config(self) -> RelayConfig: ...
+
+    async def metrics_text(self) -> bytes:
+        """The Prometheus exposition of the whole node."""
+        ...
+
+    async def reload_from_source(self) -> RelayConfig:
+        """Load the config source again and swap it in; returns the new config.
+
+        Raises ``ConfigError`` (refused; the running config stays), ``OSError`` (an address
+        could not be bound) or ``NoReloadSource``.
+        """
+        ...
+
 
 READ_TIMEOUT = 10.0
 MAX_HEAD = 16 * 1024
@@ -41,7 +62,7 @@ _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found"
 
 
 class AdminServer:
-    def __init__(self, node: RelayNode) -> None:
+    def __init__(self, node: AdminTarget) -> None:
         self._node = node
         self._config: RelayConfig | None = None
         self._servers: dict[Address, asyncio.Server] = {}
@@ -128,7 +149,8 @@ class AdminServer:
             and path == config.metrics.path
             and local_port == self.metrics_port
         ):
-            return _Response(200, self._node.metrics.exposition(), "text/plain; version=0.0.4")
+            text = await self._node.metrics_text()
+            return _Response(200, text, "text/plain; version=0.0.4")
         if config.api is None or local_port != self.api_port:
             return _json(404, {"error": "not_found", "message": path})
         if path == "/healthz":
@@ -148,26 +170,17 @@ class AdminServer:
         return _json(404, {"error": "not_found", "message": path})
 
     async def _reload(self) -> _Response:
-        source = self._node.reload_source
-        if source is None:
-            return _json(
-                409, {"error": "no_source", "message": "this node was not started from a file"}
-            )
         async with self._reload_lock:
             try:
-                new = source()
+                new = await self._node.reload_from_source()
+            except NoReloadSource as exc:
+                return _json(409, {"error": "no_source", "message": str(exc)})
             except ConfigError as exc:
-                issues = [str(i) for i in exc.issues]
-                return _json(
-                    400,
-                    {
-                        "error": "invalid_config",
-                        "message": "config refused; the running one stays",
-                        "issues": issues,
-                    },
-                )
-            try:
-                await self._node.reload(new)
+                return _json(400, {
+                    "error": "invalid_config",
+                    "message": "config refused; the running one stays",
+                    "issues": [str(issue) for issue in exc.issues],
+                })  # fmt: skip
             except OSError as exc:
                 return _json(500, {"error": "reload_failed", "message": str(exc)})
         return _json(200, {"status": "reloaded", "version": new.version})

@@ -96,6 +96,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 async def _serve(config: RelayConfig, source: Callable[[], RelayConfig] | None) -> int:
+    from relay.admin import NoReloadSource
     from relay.server import RelayNode
 
     node = RelayNode(config, reload_source=source)
@@ -113,15 +114,10 @@ async def _serve(config: RelayConfig, source: Callable[[], RelayConfig] | None) 
         stopping.set()
 
     async def reload() -> None:
-        if source is None:
-            log.warning("SIGHUP ignored: this node was not started from a config file")
-            return
         try:
-            await node.reload(source())
-        except ConfigError as exc:
-            log.error("reload refused, the running config stays:\n%s", exc)
-        except OSError as exc:
-            log.error("reload failed, the running config stays: %s", exc)
+            await node.reload_from_source()
+        except (ConfigError, OSError, NoReloadSource):
+            pass  # logged by the node; the running config stays
 
     reloads: set[asyncio.Task[None]] = set()
 

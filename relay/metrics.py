@@ -133,6 +133,12 @@ class RelayMetrics:
             ["service", "node", "reason"],
             registry=self.registry,
         )
+        self.reloads = Counter(
+            "aicdn_config_reloads",
+            "Config reloads, by result (a failed one leaves the running config in place).",
+            ["result"],
+            registry=self.registry,
+        )
         self.config_version = Gauge(
             "aicdn_config_version", "Version of the running config.", registry=self.registry
         )

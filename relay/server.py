@@ -13,8 +13,9 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from relay.admin import AdminServer
+from relay.admin import AdminServer, NoReloadSource
 from relay.chain import Chain
+from relay.config import ConfigError
 from relay.config.model import RelayConfig, ServiceConfig
 from relay.handlers.http import HttpConnection
 from relay.handlers.tunnel import ForwardConnection, RelayServerConnection
@@ -86,6 +87,23 @@ class RelayNode:
 
     def runtime(self, service: str) -> ServiceRuntime:
         return self._slots[service].runtime
+
+    async def metrics_text(self) -> bytes:
+        return self.metrics.exposition()
+
+    async def reload_from_source(self) -> RelayConfig:
+        """Reload from ``reload_source`` (see ``AdminTarget``), counting success and failure."""
+        if self.reload_source is None:
+            raise NoReloadSource("this node was not started from a config file")
+        try:
+            new = self.reload_source()
+            await self.reload(new)
+        except (ConfigError, OSError) as exc:
+            self.metrics.reloads.labels("failure").inc()
+            log.error("reload refused, the running config stays: %s", exc)
+            raise
+        self.metrics.reloads.labels("success").inc()
+        return new
 
     # --- lifecycle --------------------------------------------------------------------------
 

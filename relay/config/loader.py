@@ -176,21 +176,27 @@ def load_config_file(path: str) -> RelayConfig:
     return _load_text(text, os.path.dirname(os.path.abspath(path)), path)
 
 
-def load_config_text(text: str, base_dir: str = ".") -> RelayConfig:
+def load_config_text(text: str, base_dir: str = ".", *, check_files: bool = True) -> RelayConfig:
     """Parse and validate YAML text; relative file paths resolve against ``base_dir``.
 
     YAML syntax errors give one issue with path ``<yaml>`` and a 1-based line and column.
+    ``check_files=False`` skips checking that certificate files exist (see
+    ``config_from_mapping``).
     """
-    return _load_text(text, base_dir, "<yaml>")
+    return _load_text(text, base_dir, "<yaml>", check_files=check_files)
 
 
-def config_from_mapping(data: Mapping[str, object], base_dir: str = ".") -> RelayConfig:
+def config_from_mapping(
+    data: Mapping[str, object], base_dir: str = ".", *, check_files: bool = True
+) -> RelayConfig:
     """Validate an already parsed config (gost-style keys) and build the ``RelayConfig``.
 
     ``data`` is checked, not trusted: anything that is not a mapping of the documented shape
-    is reported as a ``ConfigError``.
+    is reported as a ``ConfigError``. ``check_files=False`` skips checking that certificate
+    files exist under ``base_dir``: for configs rendered for another host (the master's
+    renderer), where the files exist on the target, not here. Everything else is checked.
     """
-    return _build(data, base_dir, "<config>")
+    return _build(data, base_dir, "<config>", check_files=check_files)
 
 
 _DURATION_UNITS: dict[str, tuple[float, float]] = {
@@ -366,7 +372,7 @@ def _check_mapping_node(node: yaml.MappingNode) -> None:
         seen.add(ident)
 
 
-def _load_text(text: str, base_dir: str, source: str) -> RelayConfig:
+def _load_text(text: str, base_dir: str, source: str, *, check_files: bool = True) -> RelayConfig:
     if not isinstance(text, str):
         raise ConfigError.single(source, f"expected YAML text, got {_kind(text)}")
     try:
@@ -377,7 +383,7 @@ def _load_text(text: str, base_dir: str, source: str) -> RelayConfig:
         raise ConfigError.single(source, "YAML nested too deeply") from None
     if data is None:  # empty document
         data = {}
-    return _build(data, base_dir, source)
+    return _build(data, base_dir, source, check_files=check_files)
 
 
 def _yaml_issue(source: str, text: str, exc: yaml.YAMLError) -> ConfigIssue:
@@ -409,6 +415,8 @@ class _Ctx:
     base_dir: str
     #: Path used for problems of the document as a whole ("<yaml>", the file name, ...).
     root: str
+    #: False: certificate paths are not checked against this machine's files.
+    check_files: bool = True
     issues: list[ConfigIssue] = field(default_factory=list)
     #: Names defined in each top-level named section, for reference checks.
     names: dict[str, frozenset[str]] = field(default_factory=dict)
@@ -778,6 +786,8 @@ def _tls(ctx: _Ctx, value: object, path: str) -> TLSConfig | None:
 
 
 def _check_file(ctx: _Ctx, file_path: str, path: str) -> None:
+    if not ctx.check_files:
+        return
     resolved = os.path.join(ctx.base_dir, file_path)  # absolute paths stay as they are
     if not os.path.isfile(resolved):
         ctx.error(path, f"file not found: {resolved}")
@@ -1259,8 +1269,8 @@ def _check_ports(ctx: _Ctx, sockets: list[tuple[str, str, Address]]) -> None:
                 break
 
 
-def _build(data: object, base_dir: str, root: str) -> RelayConfig:
-    ctx = _Ctx(base_dir=base_dir, root=root)
+def _build(data: object, base_dir: str, root: str, *, check_files: bool = True) -> RelayConfig:
+    ctx = _Ctx(base_dir=base_dir, root=root, check_files=check_files)
     if not isinstance(data, dict):
         ctx.error(
             root,
