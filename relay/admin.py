@@ -10,6 +10,7 @@ import asyncio
 import hmac
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -33,6 +34,10 @@ class AdminTarget(Protocol):
         """The Prometheus exposition of the whole node."""
         ...
 
+    def health(self) -> dict[str, object]:
+        """The ``GET /healthz`` answer."""
+        ...
+
     async def reload_from_source(self) -> RelayConfig:
         """Load the config source again and swap it in; returns the new config.
 
@@ -47,14 +52,16 @@ MAX_HEAD = 16 * 1024
 
 
 @dataclass(frozen=True, slots=True)
-class _Response:
+class Response:
+    """An admin answer; always closes the connection."""
+
     status: int
     body: bytes
     content_type: str = "application/json"
 
 
-def _json(status: int, payload: object) -> _Response:
-    return _Response(status, json.dumps(payload).encode() + b"\n")
+def json_response(status: int, payload: object) -> Response:
+    return Response(status, json.dumps(payload).encode() + b"\n")
 
 
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
@@ -111,36 +118,16 @@ class AdminServer:
         return int(self._servers[addr].sockets[0].getsockname()[1])
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT)
-            if len(head) > MAX_HEAD:
-                raise ValueError("head too large")
-            method, path, headers = _parse_head(head)
-            length = int(headers.get("content-length", "0"))
-            if length:
-                await asyncio.wait_for(reader.readexactly(min(length, MAX_HEAD)), READ_TIMEOUT)
-            local_port = writer.get_extra_info("sockname")[1]
-            response = await self._route(method, path, headers, local_port)
-        except (ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-            response = _json(400, {"error": "bad_request", "message": "malformed request"})
-        except (TimeoutError, ConnectionError):
-            writer.close()
-            return
-        reason = _REASONS.get(response.status, "")
-        writer.write(
-            f"HTTP/1.1 {response.status} {reason}\r\ncontent-type: {response.content_type}\r\n"
-            f"content-length: {len(response.body)}\r\nconnection: close\r\n\r\n".encode()
-            + response.body
-        )
-        try:
-            await writer.drain()
-        except ConnectionError:
-            pass
-        writer.close()
+        local_port = writer.get_extra_info("sockname")[1]
+
+        async def route(method: str, path: str, headers: dict[str, str]) -> Response:
+            return await self._route(method, path, headers, local_port)
+
+        await serve_one(reader, writer, route)
 
     async def _route(
         self, method: str, path: str, headers: dict[str, str], local_port: int
-    ) -> _Response:
+    ) -> Response:
         config = self._config
         assert config is not None
         path = path.split("?", 1)[0]
@@ -150,40 +137,75 @@ class AdminServer:
             and local_port == self.metrics_port
         ):
             text = await self._node.metrics_text()
-            return _Response(200, text, "text/plain; version=0.0.4")
+            return Response(200, text, "text/plain; version=0.0.4")
         if config.api is None or local_port != self.api_port:
-            return _json(404, {"error": "not_found", "message": path})
+            return json_response(404, {"error": "not_found", "message": path})
         if path == "/healthz":
-            return _json(200, {"status": "ok", "version": config.version,
-                               "services": [s.name for s in config.services]})  # fmt: skip
+            return json_response(200, self._node.health())
         token = config.api.token
         if token is not None:
             given = headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                return _json(401, {"error": "unauthorized", "message": "bearer token required"})
+                return json_response(
+                    401, {"error": "unauthorized", "message": "bearer token required"}
+                )
         if path == "/config" and method == "GET":
-            return _json(200, redacted_mapping(config))
+            return json_response(200, redacted_mapping(config))
         if path == "/reload" and method == "POST":
             return await self._reload()
         if path in ("/config", "/reload"):
-            return _json(405, {"error": "method_not_allowed", "message": method})
-        return _json(404, {"error": "not_found", "message": path})
+            return json_response(405, {"error": "method_not_allowed", "message": method})
+        return json_response(404, {"error": "not_found", "message": path})
 
-    async def _reload(self) -> _Response:
+    async def _reload(self) -> Response:
         async with self._reload_lock:
             try:
                 new = await self._node.reload_from_source()
             except NoReloadSource as exc:
-                return _json(409, {"error": "no_source", "message": str(exc)})
+                return json_response(409, {"error": "no_source", "message": str(exc)})
             except ConfigError as exc:
-                return _json(400, {
+                return json_response(400, {
                     "error": "invalid_config",
                     "message": "config refused; the running one stays",
                     "issues": [str(issue) for issue in exc.issues],
                 })  # fmt: skip
             except OSError as exc:
-                return _json(500, {"error": "reload_failed", "message": str(exc)})
-        return _json(200, {"status": "reloaded", "version": new.version})
+                return json_response(500, {"error": "reload_failed", "message": str(exc)})
+        return json_response(200, {"status": "reloaded", "version": new.version})
+
+
+Route = Callable[[str, str, dict[str, str]], Awaitable[Response]]
+
+
+async def serve_one(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, route: Route
+) -> None:
+    """Read one request (bounded in size and time), answer it with ``route``, close."""
+    try:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT)
+        if len(head) > MAX_HEAD:
+            raise ValueError("head too large")
+        method, path, headers = _parse_head(head)
+        length = int(headers.get("content-length", "0"))
+        if length:
+            await asyncio.wait_for(reader.readexactly(min(length, MAX_HEAD)), READ_TIMEOUT)
+        response = await route(method, path, headers)
+    except (ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+        response = json_response(400, {"error": "bad_request", "message": "malformed request"})
+    except (TimeoutError, ConnectionError):
+        writer.close()
+        return
+    reason = _REASONS.get(response.status, "")
+    writer.write(
+        f"HTTP/1.1 {response.status} {reason}\r\ncontent-type: {response.content_type}\r\n"
+        f"content-length: {len(response.body)}\r\nconnection: close\r\n\r\n".encode()
+        + response.body
+    )
+    try:
+        await writer.drain()
+    except ConnectionError:
+        pass
+    writer.close()
 
 
 def _parse_head(head: bytes) -> tuple[str, str, dict[str, str]]:

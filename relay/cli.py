@@ -6,10 +6,11 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from relay import __version__
 from relay.config import ConfigError, RelayConfig, config_from_urls, load_config_file
@@ -33,6 +34,9 @@ def _parser() -> argparse.ArgumentParser:
         "-F", dest="forward", action="append", default=[],
         help="chain node URL, e.g. relay+wss://core.example:8444?path=/tunnel",
     )  # fmt: skip
+
+    # Internal: a worker process of a supervised node (``workers: N``).
+    run.add_argument("--worker-socket", help=argparse.SUPPRESS)
 
     check = commands.add_parser("check", help="validate a config file; exit 0 if valid, 1 if not")
     check.add_argument("-C", "--config", required=True, help="relay config file (YAML)")
@@ -92,14 +96,72 @@ def _run(args: argparse.Namespace) -> int:
     configure_logging(config.log)
     import uvloop
 
-    return uvloop.run(_serve(config, source))
+    if config.workers > 1 and args.worker_socket is None:
+        if source is None:
+            print("aicdn-relay run: workers need a config file (-C)", file=sys.stderr)
+            return 2
+        return uvloop.run(_supervise(config, args.config, source))
+    return uvloop.run(_serve(config, source, args.worker_socket))
 
 
-async def _serve(config: RelayConfig, source: Callable[[], RelayConfig] | None) -> int:
+async def _supervise(config: RelayConfig, path: str, source: Callable[[], RelayConfig]) -> int:
+    from relay.workers import Supervisor
+
+    supervisor = Supervisor(config, path, source)
+    try:
+        await supervisor.start()
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        await supervisor.stop()
+        return 1
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+
+    def on_stop() -> None:
+        if stopping.is_set():  # a second SIGTERM/SIGINT: workers close at once
+            supervisor.signal_all(signal.SIGTERM)
+        stopping.set()
+
+    reloads: set[asyncio.Task[object]] = set()
+
+    def on_hup() -> None:
+        task: asyncio.Task[object] = loop.create_task(_quietly(supervisor.reload_from_source()))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGTERM, on_stop)
+    loop.add_signal_handler(signal.SIGINT, on_stop)
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    await stopping.wait()
+    await supervisor.stop()
+    return 0
+
+
+async def _stop_when_orphaned(stopping: asyncio.Event) -> None:
+    """A worker whose supervisor died (even by SIGKILL) drains and exits instead of lingering."""
+    parent = os.getppid()
+    while not stopping.is_set():
+        await asyncio.sleep(1.0)
+        if os.getppid() != parent:
+            log.warning("supervisor %d is gone; stopping", parent)
+            stopping.set()
+
+
+async def _quietly(reload: Awaitable[RelayConfig]) -> object:
+    try:
+        return await reload
+    except (ConfigError, OSError) as exc:
+        log.error("reload refused, the running config stays: %s", exc)
+        return None
+
+
+async def _serve(
+    config: RelayConfig, source: Callable[[], RelayConfig] | None, worker_socket: str | None
+) -> int:
     from relay.admin import NoReloadSource
     from relay.server import RelayNode
 
-    node = RelayNode(config, reload_source=source)
+    node = RelayNode(config, reload_source=source, worker_socket=worker_socket)
     try:
         await node.start()
     except OSError as exc:
@@ -129,7 +191,10 @@ async def _serve(config: RelayConfig, source: Callable[[], RelayConfig] | None) 
     loop.add_signal_handler(signal.SIGTERM, on_stop)
     loop.add_signal_handler(signal.SIGINT, on_stop)
     loop.add_signal_handler(signal.SIGHUP, on_hup)
+    watchdog = loop.create_task(_stop_when_orphaned(stopping)) if worker_socket else None
     await stopping.wait()
+    if watchdog is not None:
+        watchdog.cancel()
     log.info("stopping: draining open connections for up to %gs", node.config.shutdown_timeout)
     await node.stop()
     return 0

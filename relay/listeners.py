@@ -42,12 +42,12 @@ async def listen(
     default_tls: TLSConfig | None,
     base_dir: str,
     factory: ProtocolFactory,
-    sock: socket.socket | None = None,
+    reuse_port: bool = False,
 ) -> asyncio.Server:
     """Start listening for ``service``; ``factory`` makes the handler protocol per connection.
 
-    With ``sock`` (an already bound socket kept across a reload), serve on it instead of
-    binding anew. Raises ``OSError`` when the address cannot be bound.
+    ``reuse_port`` (workers) lets several processes bind the same address; the kernel spreads
+    connections across them. Raises ``OSError`` when the address cannot be bound.
     """
     kind = service.listener.type
     if kind in ("quic", "http3"):
@@ -64,17 +64,15 @@ async def listen(
     if kind in ("ws", "wss"):
         protocol_factory = _ws_factory(factory, service.listener.path, _keepalive(service))
     loop = asyncio.get_running_loop()
-    if sock is not None:
-        server = await loop.create_server(protocol_factory, sock=sock, ssl=ssl_ctx, backlog=BACKLOG)
-    else:
-        server = await loop.create_server(
-            protocol_factory,
-            host=service.addr.host or None,
-            port=service.addr.port,
-            ssl=ssl_ctx,
-            backlog=BACKLOG,
-            reuse_address=True,
-        )
+    server = await loop.create_server(
+        protocol_factory,
+        host=service.addr.host or None,
+        port=service.addr.port,
+        ssl=ssl_ctx,
+        backlog=BACKLOG,
+        reuse_address=True,
+        reuse_port=reuse_port or None,
+    )
     for listening in server.sockets:
         # Accepted sockets inherit TCP_NODELAY from the listening socket on Linux: every SSE
         # event leaves at once instead of waiting behind Nagle's algorithm.

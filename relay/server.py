@@ -22,6 +22,7 @@ from relay.handlers.tunnel import ForwardConnection, RelayServerConnection
 from relay.listeners import listen
 from relay.metrics import RelayMetrics
 from relay.service import ServiceRuntime
+from relay.workers import serve_worker_control
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +58,16 @@ class RelayNode:
         config: RelayConfig,
         metrics: RelayMetrics | None = None,
         reload_source: Callable[[], RelayConfig] | None = None,
+        worker_socket: str | None = None,
     ) -> None:
         self.config = config
         self.metrics = metrics or RelayMetrics()
         #: Produces a freshly loaded config for ``POST /reload`` and SIGHUP (raises ConfigError).
         self.reload_source = reload_source
+        #: Set in a worker process: listeners share ports (SO_REUSEPORT) and the admin API is
+        #: the supervisor's; this node answers on a control socket at this path instead.
+        self.worker_socket = worker_socket
+        self._control: asyncio.AbstractServer | None = None
         self._slots: dict[str, _Slot] = {}
         self._chains: dict[str, Chain] = {}
         self._admin: AdminServer | None = None
@@ -91,6 +97,13 @@ class RelayNode:
     async def metrics_text(self) -> bytes:
         return self.metrics.exposition()
 
+    def health(self) -> dict[str, object]:
+        services = [
+            {"name": name, "connections": slot.runtime.stats.connections_active}
+            for name, slot in self._slots.items()
+        ]
+        return {"status": "ok", "version": self.config.version, "services": services}
+
     async def reload_from_source(self) -> RelayConfig:
         """Reload from ``reload_source`` (see ``AdminTarget``), counting success and failure."""
         if self.reload_source is None:
@@ -113,15 +126,16 @@ class RelayNode:
         try:
             for service in self.config.services:
                 slot = _Slot(service, self._runtime(service, self.config, self._chains))
-                slot.server = await listen(
-                    service, self.config.tls, self.config.base_dir, slot.make_protocol
-                )
+                slot.server = await self._listen(service, self.config, slot)
                 slot.runtime.start()
                 self._slots[service.name] = slot
                 log.info("service %s listening on %s (%s/%s)", service.name, service.addr,
                          service.handler.type, service.listener.type)  # fmt: skip
-            self._admin = AdminServer(self)
-            await self._admin.start(self.config)
+            if self.worker_socket is not None:
+                self._control = await serve_worker_control(self, self.worker_socket)
+            else:
+                self._admin = AdminServer(self)
+                await self._admin.start(self.config)
         except BaseException:
             await self.stop(0)
             raise
@@ -142,7 +156,7 @@ class RelayNode:
                 if old is not None and _listener_key(old.config) == _listener_key(service):
                     continue
                 slot = _Slot(service, runtimes[service.name])
-                slot.server = await listen(service, new.tls, new.base_dir, slot.make_protocol)
+                slot.server = await self._listen(service, new, slot)
                 fresh[service.name] = slot
         except BaseException:
             for slot in fresh.values():
@@ -188,6 +202,9 @@ class RelayNode:
         if self._admin is not None:
             await self._admin.stop()
             self._admin = None
+        if self._control is not None:
+            self._control.close()
+            self._control = None
         runtimes: list[ServiceRuntime] = []
         for slot in self._slots.values():
             if slot.server is not None:
@@ -226,6 +243,14 @@ class RelayNode:
             self._draining.remove(runtime)
 
     # --- building ---------------------------------------------------------------------------
+
+    async def _listen(
+        self, service: ServiceConfig, config: RelayConfig, slot: _Slot
+    ) -> asyncio.Server:
+        return await listen(
+            service, config.tls, config.base_dir, slot.make_protocol,
+            reuse_port=self.worker_socket is not None,
+        )  # fmt: skip
 
     @staticmethod
     def _build_chains(config: RelayConfig) -> dict[str, Chain]:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,19 @@ async def origin() -> AsyncIterator[int]:
     server = await serve_origin("127.0.0.1", 0)
     yield int(server.sockets[0].getsockname()[1])
     server.close()
+
+
+@pytest.fixture
+def origin_process() -> Iterator[int]:
+    """The dev origin in its own process (for tests that run relays as processes)."""
+    from tests.processes import RELAY, free_port, wait_http
+
+    port = free_port()
+    proc = subprocess.Popen([*RELAY, "dev-origin", "--listen", f"127.0.0.1:{port}"])
+    wait_http(f"http://127.0.0.1:{port}/healthz")
+    yield port
+    proc.terminate()
+    proc.wait(10)
 
 
 StartNode = Callable[[dict[str, Any]], Awaitable[RelayNode]]

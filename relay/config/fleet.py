@@ -53,7 +53,9 @@ and ``metrics`` addresses, policies. ``version`` is set to the version being ren
 
 The result is checked with ``config_from_mapping(..., check_files=False)`` -- the relay's own
 checker, without looking for certificate files, which exist on the target host rather than
-here -- so a rendered config that the relay would refuse is never returned. Issue paths name
+here -- so a rendered config that the relay would refuse is never returned.
+``check_config_data`` runs the same checks on a version's ``config_data`` before any node
+exists (the master's draft validation), rendering it for stand-in nodes. Issue paths name
 the rendered config (``chains[0].hops[0].nodes[2].addr``), the node (``node.metadata.cert_file``)
 or ``config_data`` (YAML syntax). Rendering is deterministic: equal inputs give equal YAML,
 whatever the order of ``peers``.
@@ -606,8 +608,11 @@ def render_node_mapping(
     except ConfigError as exc:
         raise ConfigError([*issues, *exc.issues]) from None
     _expand_peers(data, node, peers, issues)
-    for path, tls in _tls_blocks(data):
-        _fill_tls(tls, path, node, base_dir, issues)
+    files = _node_files(node, base_dir, issues)
+    for tls in _tls_blocks(data):
+        for key, file_path in files.items():
+            if tls.get(key) == NODE_PLACEHOLDER:
+                tls[key] = file_path
     for path, _ in _placeholders(data, ""):
         issues.append(
             ConfigIssue(
@@ -863,27 +868,21 @@ def _peer_node(
     return out
 
 
-def _tls_blocks(data: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(path, block) of every tls block that may hold ``@node`` (well-formed ones only)."""
+def _tls_blocks(data: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every tls block that may hold ``@node``: the top-level one, listeners', chain nodes'
+    dialers' (peers are expanded by then). Malformed sections are left to the checker."""
 
     def sub(value: Any, *keys: str) -> Any:
         for key in keys:
             value = value.get(key) if isinstance(value, dict) else None
         return value
 
-    if isinstance(data.get("tls"), dict):
-        yield "tls", data["tls"]
     services = data.get("services")
-    for i, service in enumerate(services if isinstance(services, list) else []):
-        tls = sub(service, "listener", "tls")
-        if isinstance(tls, dict):
-            yield f"services[{i}].listener.tls", tls
-    for hop_path, hop in _hops(data):
-        nodes = hop.get("nodes")
-        for k, chain_node in enumerate(nodes if isinstance(nodes, list) else []):
-            tls = sub(chain_node, "dialer", "tls")
-            if isinstance(tls, dict):
-                yield f"{hop_path}.nodes[{k}].dialer.tls", tls
+    blocks = [data.get("tls")]
+    blocks += [sub(s, "listener", "tls") for s in _as_list(services)]
+    for _, hop in _hops(data):
+        blocks += [sub(n, "dialer", "tls") for n in _as_list(hop.get("nodes"))]
+    yield from (block for block in blocks if isinstance(block, dict))
 
 
 #: tls key -> (node.metadata key, default path under base_dir; {name} is the node's name).
@@ -894,24 +893,24 @@ _NODE_FILES = {
 }
 
 
-def _fill_tls(
-    tls: dict[str, Any], path: str, node: FleetNode, base_dir: str, issues: list[ConfigIssue]
-) -> None:
+def _node_files(node: FleetNode, base_dir: str, issues: list[ConfigIssue]) -> dict[str, str]:
+    """tls key -> this node's file; a bad metadata path is reported (and the default used, so
+    the problem is reported once, not once per tls block)."""
+    files: dict[str, str] = {}
     for key, (meta_key, default) in _NODE_FILES.items():
-        if tls.get(key) != NODE_PLACEHOLDER:
-            continue
         given = node.metadata.get(meta_key)
-        if given is None:
-            tls[key] = posixpath.join(base_dir, default.format(name=node.name))
-        elif isinstance(given, str) and given:
-            tls[key] = given
-        else:
+        if isinstance(given, str) and given:
+            files[key] = given
+            continue
+        if given is not None:
             issues.append(
                 ConfigIssue(
-                    f"node.metadata.{meta_key}",
-                    f"expected a file path for {path}.{key}, got {_seen(given)}",
+                    f"node.metadata.{meta_key}", f"expected a file path, got {_seen(given)}"
                 )
             )
+        base = base_dir if isinstance(base_dir, str) else ""  # a bad one is reported already
+        files[key] = posixpath.join(base, default.format(name=node.name))
+    return files
 
 
 def _placeholders(value: Any, path: str) -> Iterator[tuple[str, Any]]:
@@ -928,6 +927,10 @@ def _placeholders(value: Any, path: str) -> Iterator[tuple[str, Any]]:
 
 # ----------------------------------------------------------------------------------------------
 # Helpers
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
 
 
 class _Dumper(yaml.SafeDumper):

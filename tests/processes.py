@@ -1,0 +1,91 @@
+"""Relay processes as users run them (``python -m relay run -C FILE``), for tests."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import core_mapping, edge_mapping, hop_node
+
+RELAY = [sys.executable, "-m", "relay"]
+
+
+def free_port() -> int:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = int(sock.getsockname()[1])
+    sock.close()
+    return port
+
+
+def wait_http(url: str, timeout: float = 10.0) -> bytes:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as answer:
+                return bytes(answer.read())
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+class RelayProcess:
+    def __init__(self, config: dict[str, object], tmp_path: Path, name: str = "relay") -> None:
+        self.path = tmp_path / f"{name}.yaml"
+        self.api = free_port()
+        self.metrics = free_port()
+        config = {
+            **config,
+            "api": {"addr": f"127.0.0.1:{self.api}"},
+            "metrics": {"addr": f"127.0.0.1:{self.metrics}", "path": "/metrics"},
+        }
+        self.write(config)
+        self.proc = subprocess.Popen([*RELAY, "run", "-C", str(self.path)], stderr=subprocess.PIPE)
+        wait_http(f"http://127.0.0.1:{self.api}/healthz")
+
+    def write(self, config: dict[str, object]) -> None:
+        self.path.write_text(yaml.safe_dump(config))
+
+    def stop(self) -> str:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            _, err = self.proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            _, err = self.proc.communicate()
+        return err.decode()
+
+
+def edge_and_core_config(origin: int) -> dict[str, object]:
+    """Edge (http) and core (relay) services in one process, the edge chained to the core."""
+    core_port, edge_port = free_port(), free_port()
+    core = core_mapping("tcp", origin)["services"][0]
+    core["addr"] = f"127.0.0.1:{core_port}"
+    edge = edge_mapping([hop_node("core-1", "tcp", core_port)])
+    edge["services"][0]["addr"] = f"127.0.0.1:{edge_port}"
+    edge["services"][0]["metadata"] = {"bufferSize": 65536}
+    edge["services"].append(core)
+    return edge
+
+
+def port(config: dict[str, object], service: str) -> int:
+    for svc in config["services"]:  # type: ignore[attr-defined]
+        if svc["name"] == service:
+            return int(svc["addr"].rsplit(":", 1)[1])
+    raise KeyError(service)
