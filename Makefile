@@ -12,7 +12,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,master]'
 	touch $(STAMP)
 
 # The whole loop on this machine. Until the master deploys relays itself, the relay-level demo:
@@ -27,12 +27,12 @@ test-fast: venv
 	$(PY) -m pytest -q -m "not slow" -x
 
 lint: venv
-	$(PY) -m ruff check relay tests bench
-	$(PY) -m ruff format --check relay tests bench
+	$(PY) -m ruff check relay master_api tests bench
+	$(PY) -m ruff format --check relay master_api tests bench
 	$(PY) -m mypy
 
 bench: venv
-	$(PY) -m bench.run
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

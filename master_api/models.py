@@ -1,0 +1,335 @@
+"""Records the repositories return and the services pass around (STYLE T2: dataclasses, not
+dicts). Times are epoch seconds (floats): timestamps that are updated and compared must be
+numbers on the embedded store (``shared/mongo.md`` rule 4); ISO strings are derived for display.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from typing import Any, Final, Literal
+
+__all__ = [
+    "ALERT_NAMES",
+    "CONFIG_STATUSES",
+    "NODE_STATUSES",
+    "NODE_TYPES",
+    "ROLES",
+    "ActivePointer",
+    "Alert",
+    "AuditEntry",
+    "ConfigVersion",
+    "HistoryEntry",
+    "Lease",
+    "Member",
+    "Node",
+    "NodeMetrics",
+    "Role",
+    "RollbackRecord",
+    "User",
+    "iso",
+    "role_allows",
+]
+
+Role = Literal["viewer", "operator", "admin"]
+#: Roles from least to most privileged; each includes the rights of those before it.
+ROLES: Final[tuple[Role, ...]] = ("viewer", "operator", "admin")
+NODE_TYPES: Final = ("edge", "core")
+#: online/offline/degraded are set by heartbeats and the leader's liveness check; draining and
+#: standby are set by operators (the renderer chains only to online and degraded peers).
+NODE_STATUSES: Final = ("online", "offline", "degraded", "draining", "standby")
+#: A version's stored lifecycle. Whether it is *active* is not stored here: it is active where an
+#: active pointer names it (see ``ConfigService``), so the two can never disagree.
+CONFIG_STATUSES: Final = ("draft", "published", "deprecated")
+ALERT_NAMES: Final = ("NodeOffline", "HighLatency", "HighErrorRate", "ConnectionExhaustion")
+
+
+def role_allows(role: str, required: Role) -> bool:
+    """True when ``role`` has at least the rights of ``required`` (unknown roles: none)."""
+    return role in ROLES and ROLES.index(role) >= ROLES.index(required)
+
+
+def iso(ts: float | None) -> str | None:
+    """Epoch seconds as an RFC 3339 UTC string (``None`` stays ``None``)."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    name: str
+    role: Role
+    password_hash: str
+    created_at: float
+    updated_at: float
+
+    def to_json(self) -> dict[str, Any]:
+        """Public view: never the password hash."""
+        return {
+            "name": self.name,
+            "role": self.role,
+            "created_at": iso(self.created_at),
+            "updated_at": iso(self.updated_at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class NodeMetrics:
+    """What a node last reported. Every field is optional: agents report what they know."""
+
+    connections: int | None = None
+    """Open client connections."""
+    max_connections: int | None = None
+    """The node's connection limit (``ConnectionExhaustion`` compares against it)."""
+    requests_total: int | None = None
+    errors_total: int | None = None
+    error_rate: float | None = None
+    """Errors per request over the agent's last interval, 0..1."""
+    p99_latency_ms: float | None = None
+    """99th percentile request latency (time to first byte) in milliseconds."""
+    cpu_percent: float | None = None
+    memory_bytes: int | None = None
+    config_version: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    id: str
+    name: str
+    type: str
+    region: str
+    addr: str
+    port: int
+    tags: tuple[str, ...]
+    metadata: Mapping[str, Any]
+    status: str
+    token_hash: str
+    created_at: float
+    updated_at: float
+    last_seen: float | None = None
+    applied_version: int | None = None
+    metrics: NodeMetrics | None = None
+
+    def to_json(self, desired_version: int | None) -> dict[str, Any]:
+        """Public view (never the token hash); ``desired_version`` comes from the pointers."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "type": self.type,
+            "region": self.region,
+            "addr": self.addr,
+            "port": self.port,
+            "tags": list(self.tags),
+            "metadata": dict(self.metadata),
+            "status": self.status,
+            "last_seen": iso(self.last_seen),
+            "desired_version": desired_version,
+            "applied_version": self.applied_version,
+            "metrics": self.metrics.to_json() if self.metrics else None,
+            "created_at": iso(self.created_at),
+            "updated_at": iso(self.updated_at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigVersion:
+    version_id: int
+    config_type: str
+    node_type: str
+    regions: tuple[str, ...]
+    description: str
+    config_data: str
+    checksum: str
+    status: str
+    created_by: str
+    created_at: float
+    template: str | None = None
+    params: Mapping[str, Any] | None = None
+    published_at: float | None = None
+    published_by: str | None = None
+    deprecated_at: float | None = None
+
+    def to_json(self, active_regions: tuple[str, ...], with_data: bool = True) -> dict[str, Any]:
+        """Public view. ``active_regions``: where a pointer names it (then status ``active``)."""
+        out: dict[str, Any] = {
+            "version_id": self.version_id,
+            "config_type": self.config_type,
+            "node_type": self.node_type,
+            "regions": list(self.regions),
+            "description": self.description,
+            "checksum": self.checksum,
+            "status": "active" if active_regions else self.status,
+            "active_regions": list(active_regions),
+            "template": self.template,
+            "params": dict(self.params) if self.params is not None else None,
+            "created_by": self.created_by,
+            "created_at": iso(self.created_at),
+            "published_at": iso(self.published_at),
+            "published_by": self.published_by,
+            "deprecated_at": iso(self.deprecated_at),
+        }
+        if with_data:
+            out["config_data"] = self.config_data
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class ActivePointer:
+    """Which version is active for one (config_type, node_type, region); ``seq`` guards CAS."""
+
+    config_type: str
+    node_type: str
+    region: str
+    version_id: int
+    seq: int
+    updated_at: float
+    updated_by: str
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    id: str
+    action: str
+    config_type: str
+    node_type: str
+    region: str | None
+    from_version: int | None
+    to_version: int | None
+    actor: str
+    at: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "action": self.action,
+            "config_type": self.config_type,
+            "node_type": self.node_type,
+            "region": self.region,
+            "from_version": self.from_version,
+            "to_version": self.to_version,
+            "actor": self.actor,
+            "at": iso(self.at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RollbackRecord:
+    id: str
+    config_type: str
+    node_type: str
+    region: str
+    from_version: int
+    to_version: int
+    reason: str
+    actor: str
+    at: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "config_type": self.config_type,
+            "node_type": self.node_type,
+            "region": self.region,
+            "from_version": self.from_version,
+            "to_version": self.to_version,
+            "reason": self.reason,
+            "actor": self.actor,
+            "at": iso(self.at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    id: str
+    name: str
+    node_id: str
+    node_name: str
+    severity: str
+    status: str
+    message: str
+    value: float | None
+    threshold: float | None
+    started_at: float
+    updated_at: float
+    resolved_at: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "node_id": self.node_id,
+            "node_name": self.node_name,
+            "severity": self.severity,
+            "status": self.status,
+            "message": self.message,
+            "value": self.value,
+            "threshold": self.threshold,
+            "started_at": iso(self.started_at),
+            "updated_at": iso(self.updated_at),
+            "resolved_at": iso(self.resolved_at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One mutating call: who (actor, role), what (method, path, status), when, from where."""
+
+    actor: str | None
+    role: str | None
+    method: str
+    path: str
+    endpoint: str | None
+    status: int
+    ip: str | None
+    at: float
+    target: str | None = None
+    id: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "actor": self.actor,
+            "role": self.role,
+            "method": self.method,
+            "path": self.path,
+            "endpoint": self.endpoint,
+            "target": self.target,
+            "status": self.status,
+            "ip": self.ip,
+            "at": iso(self.at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    name: str
+    holder: str
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """A master process taking part in the election (``election_members``)."""
+
+    id: str
+    host: str
+    pid: int
+    http_addr: str
+    started_at: float
+    last_seen: float
+
+    def to_json(self, leader_id: str | None) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "host": self.host,
+            "pid": self.pid,
+            "http_addr": self.http_addr,
+            "started_at": iso(self.started_at),
+            "last_seen": iso(self.last_seen),
+            "leader": self.id == leader_id,
+        }

@@ -1,0 +1,147 @@
+"""``aicdn-master serve``: the production process.
+
+Order of start-up: settings -> embedded store (when no ``AICDN_MONGO_URI``) -> JWT secret ->
+app (waits for the database) -> leader election and the leader's jobs -> waitress. SIGTERM or
+SIGINT stops waitress (in-flight requests finish), then the jobs, then gives the lease up (so
+another master leads at once), closes the database client and stops the embedded store.
+
+The gRPC AgentService (DESIGN §4.4, ``AICDN_GRPC_ADDR``) belongs here too and arrives with the
+agent issue: it is to start after the app (sharing its ``Services``) and stop before it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import time
+from pathlib import Path
+from types import FrameType
+
+from flask import Flask
+from waitress import create_server
+
+from master_api import create_app
+from master_api.errors import StoreUnavailable
+from master_api.extensions import StoreExtension, repos
+from master_api.leader import BackgroundWorker, LeaderElector, housekeeping
+from master_api.metrics import MasterMetrics
+from master_api.services.monitor import Monitor
+from master_api.services.notify import WebhookNotifier
+from master_api.settings import Settings
+from master_api.store import EmbeddedMongo
+
+__all__ = ["load_or_create_secret", "serve", "wait_for_app"]
+
+log = logging.getLogger("master_api")
+
+
+class _Stop(SystemExit):
+    """Raised in the main thread by the signal handler; waitress stops on SystemExit."""
+
+
+def _on_signal(signum: int, _frame: FrameType | None) -> None:
+    log.info("received %s; stopping", signal.Signals(signum).name)
+    raise _Stop(0)
+
+
+def load_or_create_secret(path: Path) -> str:
+    """The JWT secret stored at ``path``, created (0600, 256 random bits) on first use.
+
+    Fine for a single master; several masters must share ``AICDN_JWT_SECRET`` instead.
+    """
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as stream:
+        stream.write(secret + "\n")
+    log.info("generated a JWT secret in %s", path)
+    return secret
+
+
+def wait_for_app(settings: Settings) -> Flask:
+    """``create_app``, retried with backoff while the database does not answer."""
+    delay = 0.5
+    while True:
+        try:
+            return create_app(settings)
+        except StoreUnavailable as exc:
+            log.warning("%s; retrying in %.1fs", exc.message, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
+def serve(settings: Settings) -> int:
+    """Run the master until SIGTERM/SIGINT; returns the exit status."""
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    embedded: EmbeddedMongo | None = None
+    elector: LeaderElector | None = None
+    worker: BackgroundWorker | None = None
+    notifier: WebhookNotifier | None = None
+    app: Flask | None = None
+    try:
+        if settings.mongo_uri is None:
+            embedded = EmbeddedMongo(
+                Path(settings.data_dir) / "mongo", settings.embedded_mongo_port
+            )
+            embedded.start()
+            settings = settings.with_overrides(mongo_uri=embedded.uri)
+        if settings.jwt_secret is None:
+            secret = load_or_create_secret(Path(settings.data_dir) / "jwt.secret")
+            settings = settings.with_overrides(jwt_secret=secret)
+        app = wait_for_app(settings)
+        server = create_server(
+            app,
+            host=settings.http_addr.host or "0.0.0.0",
+            port=settings.http_addr.port,
+            threads=settings.http_threads,
+            ident="aicdn-master",
+        )
+        http_addr = f"{settings.http_addr.host or '0.0.0.0'}:{server.effective_port}"
+        elector = LeaderElector(repos(app), settings, http_addr)
+        app.extensions["aicdn_elector"] = elector
+        MasterMetrics.get(app).is_leader = lambda: elector is not None and elector.is_leader
+        if settings.alert_webhook:
+            notifier = WebhookNotifier(settings.alert_webhook, settings.webhook_timeout)
+        monitor = Monitor(repos(app), settings, notifier)
+        worker = BackgroundWorker(
+            lambda: elector is not None and elector.is_leader,
+            [
+                ("monitor", monitor.run_once),
+                ("housekeeping", lambda: housekeeping(repos(app), settings)),
+            ],
+            settings.leader_renew_interval,
+        )
+        elector.start()
+        worker.start()
+        log.info(
+            "aicdn-master serving http://%s (member %s); gRPC %s is not served yet",
+            http_addr,
+            elector.member_id,
+            settings.grpc_addr,
+        )
+        server.run()
+        return 0
+    except _Stop:
+        return 0
+    finally:
+        # A second signal must not cut the clean-up short (and leave the store running).
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if worker is not None:
+            worker.stop()
+        if elector is not None:
+            elector.stop(release=True)
+        if notifier is not None:
+            notifier.close()
+        if app is not None:
+            StoreExtension.get(app)[0].close()
+        if embedded is not None:
+            embedded.stop()
+        log.info("aicdn-master stopped")

@@ -1,0 +1,363 @@
+"""The master's settings: one frozen, typed object per process (STYLE C1, D2).
+
+Sources, later ones winning:
+
+1. the field defaults below;
+2. a TOML file named by ``AICDN_CONFIG`` (or passed to :meth:`Settings.load`), whose keys are the
+   field names (``mongo_uri = "mongodb://..."``);
+3. environment variables ``AICDN_<FIELD NAME IN UPPER CASE>`` (``AICDN_MONGO_URI``).
+
+Parsing is strict: a value that does not parse, is out of range, or a file key that is not a
+field raises :class:`SettingsError` whose message names the variable (``AICDN_LEADER_TTL: bad
+duration 'x'; ...``), so a bad deployment stops at start-up instead of misbehaving later.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from relay.config import Address, parse_address, parse_duration
+
+__all__ = ["ENV_PREFIX", "IPNetwork", "Settings", "SettingsError"]
+
+ENV_PREFIX = "AICDN_"
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+_T = TypeVar("_T")
+_DB_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+# Variables with the prefix that belong to other programs or to the test suite, not to Settings.
+_FOREIGN_ENV = frozenset({"AICDN_CONFIG", "AICDN_TEST_MONGO_URI"})
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message starts with the variable's name."""
+
+
+def _loopback() -> tuple[IPNetwork, ...]:
+    return (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the master reads from its environment. Build with :meth:`load`."""
+
+    mongo_uri: str | None = None
+    """MongoDB connection string. None: start the embedded nx-27017 store under ``data_dir``."""
+    mongo_db: str = "aicdn"
+    """Database name (``[A-Za-z_][A-Za-z0-9_]*``, a rule of the embedded store too)."""
+    mongo_timeout: float = 2.0
+    """Seconds the driver waits for a reachable server before a request fails with 503."""
+    data_dir: str = "./var"
+    """Directory for the embedded store (``<data_dir>/mongo``) and the generated JWT secret."""
+    embedded_mongo_port: int = 27817
+    """Loopback port of the embedded store (below 32768: outside the ephemeral range)."""
+    http_addr: Address = field(default_factory=lambda: Address("0.0.0.0", 8080))
+    """REST API listen address (``host:port``)."""
+    grpc_addr: Address = field(default_factory=lambda: Address("0.0.0.0", 50051))
+    """gRPC AgentService listen address. Reserved: the agent plane arrives with issue 6."""
+    http_threads: int = 8
+    """Worker threads of the production WSGI server (waitress)."""
+    jwt_secret: str | None = None
+    """HMAC key for JWTs, at least 32 characters. ``aicdn-master serve`` generates one into
+    ``<data_dir>/jwt.secret`` when unset; several masters must share one explicitly."""
+    access_token_ttl: float = 900.0
+    """Lifetime of an access token, seconds (default 15 minutes)."""
+    refresh_token_ttl: float = 86400.0
+    """Lifetime of a refresh token, seconds (default 1 day)."""
+    admin_allow: tuple[IPNetwork, ...] = field(default_factory=_loopback)
+    """CIDRs allowed to the management API (comma separated). Default: loopback only. Health,
+    readiness, metrics and the agent heartbeat are not management calls and are not filtered."""
+    login_window: float = 60.0
+    """Length of the login rate-limit window, seconds."""
+    login_max_per_ip: int = 20
+    """Login attempts allowed per client IP per window; more get 429."""
+    login_max_per_user: int = 5
+    """Failed logins allowed per user name per window; more get 429 until the window ends."""
+    password_time_cost: int = 3
+    """Argon2id iterations."""
+    password_memory_kib: int = 65536
+    """Argon2id memory cost in KiB (default 64 MiB)."""
+    password_parallelism: int = 4
+    """Argon2id lanes."""
+    leader_ttl: float = 15.0
+    """Leader lease lifetime, seconds: a dead leader is replaced within this time."""
+    leader_renew_interval: float = 5.0
+    """How often a master renews its lease and membership, seconds (less than half the TTL)."""
+    heartbeat_interval: float = 10.0
+    """Expected interval between a node's heartbeats, seconds."""
+    offline_after_missed: int = 3
+    """Missed heartbeats after which a node is marked offline (raising ``NodeOffline``)."""
+    alert_p99_latency_ms: float = 100.0
+    """``HighLatency`` fires when a node reports p99 latency above this (seed §8.2)."""
+    alert_error_rate: float = 0.01
+    """``HighErrorRate`` fires when a node reports an error ratio above this (1%)."""
+    alert_connection_ratio: float = 0.9
+    """``ConnectionExhaustion`` fires above this share of the node's connection limit (90%)."""
+    alert_webhook: str | None = None
+    """Optional http(s) URL; alert changes are POSTed to it as JSON."""
+    webhook_timeout: float = 5.0
+    """Timeout of one webhook POST, seconds."""
+    node_base_dir: str = "/etc/aicdn"
+    """Directory on the relay hosts that rendered configs use for certificates and keys."""
+    max_body_bytes: int = 2 * 1024 * 1024
+    """Largest accepted request body, bytes (larger: 413)."""
+    log_level: str = "info"
+    """debug, info, warning or error."""
+
+    def __post_init__(self) -> None:
+        if self.password_memory_kib < 8 * self.password_parallelism:
+            raise SettingsError(
+                f"{ENV_PREFIX}PASSWORD_MEMORY_KIB: Argon2 needs at least 8 KiB per lane "
+                f"({8 * self.password_parallelism} for {ENV_PREFIX}PASSWORD_PARALLELISM="
+                f"{self.password_parallelism})"
+            )
+        if self.leader_renew_interval * 2 > self.leader_ttl:
+            raise SettingsError(
+                f"{ENV_PREFIX}LEADER_RENEW_INTERVAL: {self.leader_renew_interval:g}s must be at "
+                f"most half of {ENV_PREFIX}LEADER_TTL ({self.leader_ttl:g}s)"
+            )
+
+    @property
+    def offline_after(self) -> float:
+        """Seconds without a heartbeat after which a node counts as offline."""
+        return self.heartbeat_interval * self.offline_after_missed
+
+    @property
+    def embedded(self) -> bool:
+        """True when the master runs its own store (no ``mongo_uri``)."""
+        return self.mongo_uri is None
+
+    # ------------------------------------------------------------------------------------------
+    # Alternative constructors
+
+    @classmethod
+    def load(
+        cls, environ: Mapping[str, str] | None = None, config_file: str | None = None
+    ) -> Settings:
+        """Settings from an optional TOML file (``config_file`` or ``$AICDN_CONFIG``) and env.
+
+        Raises :class:`SettingsError` naming the first bad variable or file key.
+        """
+        env = os.environ if environ is None else environ
+        path = config_file or env.get(f"{ENV_PREFIX}CONFIG")
+        values: dict[str, object] = {}
+        if path:
+            values.update(_read_toml(path))
+        known = {f.name for f in fields(cls)}
+        for key, raw in env.items():
+            if not key.startswith(ENV_PREFIX) or key in _FOREIGN_ENV:
+                continue
+            name = key[len(ENV_PREFIX) :].lower()
+            if name in known:
+                values[name] = raw
+        return cls.from_mapping(values, source="env")
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, object], source: str = "settings") -> Settings:
+        """Settings from field names to raw values (strings from env, or native TOML types).
+
+        Unknown keys are refused: a typo must not silently fall back to a default.
+        """
+        known = {f.name for f in fields(cls)}
+        parsed: dict[str, Any] = {}
+        for name, raw in values.items():
+            if name not in known:
+                raise SettingsError(f"{source}: unknown setting {name!r}")
+            label = f"{ENV_PREFIX}{name.upper()}"
+            try:
+                parsed[name] = _PARSERS[name](raw)
+            except (TypeError, ValueError) as exc:
+                raise SettingsError(f"{label}: {exc}") from None
+        return cls(**parsed)
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        """A copy with some fields replaced (values already typed); used by tests and the CLI."""
+        return replace(self, **changes)
+
+
+def _read_toml(path: str) -> dict[str, object]:
+    try:
+        with open(path, "rb") as stream:
+            return dict(tomllib.load(stream))
+    except OSError as exc:
+        raise SettingsError(f"{ENV_PREFIX}CONFIG: cannot read {path!r}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"{ENV_PREFIX}CONFIG: {path!r} is not valid TOML: {exc}") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# Strict value parsers: each takes a raw value (an env string or a TOML value) and returns the
+# typed value or raises ValueError/TypeError with a message that completes "AICDN_X: ...".
+
+
+def _text(raw: object) -> str:
+    if not isinstance(raw, str):
+        raise TypeError(f"expected a string, got {type(raw).__name__}")
+    return raw.strip()
+
+
+def _optional(parse: Callable[[object], _T]) -> Callable[[object], _T | None]:
+    def parse_optional(raw: object) -> _T | None:
+        if raw is None or (isinstance(raw, str) and not raw.strip()):
+            return None
+        return parse(raw)
+
+    return parse_optional
+
+
+def _integer(low: int, high: int) -> Callable[[object], int]:
+    def parse_int(raw: object) -> int:
+        if isinstance(raw, bool):
+            raise TypeError("expected an integer, got a boolean")
+        if isinstance(raw, int):
+            value = raw
+        else:
+            text = _text(raw)
+            if not re.fullmatch(r"[+-]?[0-9]+", text):
+                raise ValueError(f"expected an integer, got {text!r}")
+            value = int(text)
+        if not low <= value <= high:
+            raise ValueError(f"{value} is out of range {low}-{high}")
+        return value
+
+    return parse_int
+
+
+def _number(low: float, high: float) -> Callable[[object], float]:
+    def parse_number(raw: object) -> float:
+        if isinstance(raw, bool):
+            raise TypeError("expected a number, got a boolean")
+        if isinstance(raw, int | float):
+            value = float(raw)
+        else:
+            text = _text(raw)
+            try:
+                value = float(text)
+            except ValueError:
+                raise ValueError(f"expected a number, got {text!r}") from None
+        if math.isnan(value) or not low <= value <= high:
+            raise ValueError(f"{value:g} is out of range {low:g}-{high:g}")
+        return value
+
+    return parse_number
+
+
+def _duration(low: float, high: float) -> Callable[[object], float]:
+    def parse(raw: object) -> float:
+        value = parse_duration(raw.strip() if isinstance(raw, str) else raw)
+        if not low <= value <= high:
+            raise ValueError(f"duration {value:g}s is out of range {low:g}s-{high:g}s")
+        return value
+
+    return parse
+
+
+def _listen_address(raw: object) -> Address:
+    return parse_address(_text(raw), listen=True)
+
+
+def _cidrs(raw: object) -> tuple[IPNetwork, ...]:
+    items: list[object]
+    if isinstance(raw, list | tuple):
+        items = list(raw)
+    else:
+        items = [part for part in _text(raw).split(",") if part.strip()]
+    networks: list[IPNetwork] = []
+    for item in items:
+        text = _text(item)
+        try:
+            networks.append(ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            raise ValueError(f"bad CIDR {text!r}; expected e.g. 10.0.0.0/8 or ::1/128") from None
+    if not networks:
+        raise ValueError("no CIDR given; the management API would refuse everyone")
+    return tuple(networks)
+
+
+def _mongo_uri(raw: object) -> str:
+    text = _text(raw)
+    parts = urlsplit(text)
+    if parts.scheme not in ("mongodb", "mongodb+srv") or not parts.netloc:
+        raise ValueError(f"expected mongodb://host:port[/...], got {text!r}")
+    return text
+
+
+def _db_name(raw: object) -> str:
+    text = _text(raw)
+    if not _DB_NAME_RE.fullmatch(text):
+        raise ValueError(f"bad database name {text!r}; expected [A-Za-z_][A-Za-z0-9_]*")
+    return text
+
+
+def _secret(raw: object) -> str:
+    text = _text(raw)
+    if len(text) < 32:
+        raise ValueError(f"too short ({len(text)} characters); use at least 32 random characters")
+    return text
+
+
+def _http_url(raw: object) -> str:
+    text = _text(raw)
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"expected an http(s) URL, got {text!r}")
+    return text
+
+
+def _choice(*choices: str) -> Callable[[object], str]:
+    def parse(raw: object) -> str:
+        text = _text(raw).lower()
+        if text not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {text!r}")
+        return text
+
+    return parse
+
+
+def _path(raw: object) -> str:
+    text = _text(raw)
+    if not text:
+        raise ValueError("expected a path, got an empty string")
+    return text
+
+
+_PARSERS: dict[str, Callable[[object], Any]] = {
+    "mongo_uri": _optional(_mongo_uri),
+    "mongo_db": _db_name,
+    "mongo_timeout": _duration(0.05, 60.0),
+    "data_dir": _path,
+    "embedded_mongo_port": _integer(1, 65535),
+    "http_addr": _listen_address,
+    "grpc_addr": _listen_address,
+    "http_threads": _integer(1, 256),
+    "jwt_secret": _optional(_secret),
+    "access_token_ttl": _duration(10.0, 86400.0),
+    "refresh_token_ttl": _duration(60.0, 90 * 86400.0),
+    "admin_allow": _cidrs,
+    "login_window": _duration(1.0, 86400.0),
+    "login_max_per_ip": _integer(1, 1_000_000),
+    "login_max_per_user": _integer(1, 1_000_000),
+    "password_time_cost": _integer(1, 100),
+    "password_memory_kib": _integer(8, 4 * 1024 * 1024),
+    "password_parallelism": _integer(1, 64),
+    "leader_ttl": _duration(0.5, 3600.0),
+    "leader_renew_interval": _duration(0.1, 1800.0),
+    "heartbeat_interval": _duration(0.1, 3600.0),
+    "offline_after_missed": _integer(1, 1000),
+    "alert_p99_latency_ms": _number(0.0, 1e9),
+    "alert_error_rate": _number(0.0, 1.0),
+    "alert_connection_ratio": _number(0.0, 1.0),
+    "alert_webhook": _optional(_http_url),
+    "webhook_timeout": _duration(0.1, 120.0),
+    "node_base_dir": _path,
+    "max_body_bytes": _integer(1024, 1024 * 1024 * 1024),
+    "log_level": _choice("debug", "info", "warning", "error"),
+}
