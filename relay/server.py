@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from relay.admin import AdminServer, NoReloadSource
 from relay.chain import Chain
@@ -19,8 +20,9 @@ from relay.config import ConfigError
 from relay.config.model import RelayConfig, ServiceConfig
 from relay.handlers.http import HttpConnection
 from relay.handlers.tunnel import ForwardConnection, RelayServerConnection
-from relay.listeners import listen
+from relay.listeners import Listening, listen
 from relay.metrics import RelayMetrics
+from relay.policy import ServicePolicies
 from relay.service import ServiceRuntime
 from relay.workers import serve_worker_control
 
@@ -37,12 +39,25 @@ HANDLERS: dict[str, Callable[[ServiceRuntime], asyncio.Protocol]] = {
 class _Slot:
     config: ServiceConfig
     runtime: ServiceRuntime
-    server: asyncio.Server | None = None
+    server: Listening | None = None
     retired: list[ServiceRuntime] = field(default_factory=list)
 
     def make_protocol(self) -> asyncio.Protocol:
         runtime = self.runtime
         return HANDLERS[runtime.config.handler.type](runtime)
+
+
+def _policy_configs(service: ServiceConfig, config: RelayConfig) -> tuple[object, ...]:
+    def named(items: tuple[Any, ...], name: str | None) -> object:
+        return next((item for item in items if item.name == name), None)
+
+    return (
+        named(config.admissions, service.admission),
+        named(config.shields, service.shield),
+        named(config.ccs, service.cc),
+        named(config.climiters, service.climiter),
+        named(config.rlimiters, service.rlimiter),
+    )
 
 
 def _listener_key(service: ServiceConfig) -> tuple[object, ...]:
@@ -74,6 +89,7 @@ class RelayNode:
         #: Runtimes whose connections are draining (removed services, shutdown).
         self._draining: list[ServiceRuntime] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._policies: dict[tuple[object, ...], ServicePolicies] = {}
 
     # --- introspection ----------------------------------------------------------------------
 
@@ -82,6 +98,12 @@ class RelayNode:
         server = self._slots[service].server
         assert server is not None and server.sockets
         return int(server.sockets[0].getsockname()[1])
+
+    def listener(self, service: str) -> Listening:
+        """A service's listening server (a ``QuicListener`` for quic services)."""
+        server = self._slots[service].server
+        assert server is not None
+        return server
 
     @property
     def admin_port(self) -> int | None:
@@ -244,9 +266,7 @@ class RelayNode:
 
     # --- building ---------------------------------------------------------------------------
 
-    async def _listen(
-        self, service: ServiceConfig, config: RelayConfig, slot: _Slot
-    ) -> asyncio.Server:
+    async def _listen(self, service: ServiceConfig, config: RelayConfig, slot: _Slot) -> Listening:
         return await listen(
             service, config.tls, config.base_dir, slot.make_protocol,
             reuse_port=self.worker_socket is not None,
@@ -260,4 +280,20 @@ class RelayNode:
         self, service: ServiceConfig, config: RelayConfig, chains: dict[str, Chain]
     ) -> ServiceRuntime:
         chain = chains[service.handler.chain] if service.handler.chain else None
-        return ServiceRuntime(service, chain, self.metrics, config.base_dir)
+        policies = self._service_policies(service, config)
+        return ServiceRuntime(service, chain, self.metrics, config.base_dir, policies)
+
+    def _service_policies(
+        self, service: ServiceConfig, config: RelayConfig
+    ) -> ServicePolicies | None:
+        """The service's policies, the same instance across reloads while their configs stay
+        the same: a reload must not lift blocks, forget rates or lose connection counts."""
+        policies = ServicePolicies.for_service(service, config)
+        if not policies.enabled:
+            return None
+        key = (service.name, *_policy_configs(service, config))
+        kept = self._policies.get(key)
+        if kept is None:
+            self._policies = {k: v for k, v in self._policies.items() if k[0] != service.name}
+            self._policies[key] = kept = policies
+        return kept

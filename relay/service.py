@@ -14,6 +14,7 @@ from typing import Protocol
 from relay.chain import Chain, Dialed, DialError, NodeGroup, dial_direct
 from relay.config.model import Address, ServiceConfig
 from relay.metrics import RelayMetrics, ServiceStats
+from relay.policy import ALLOW, IPMatcher, ServicePolicies, Verdict, normalize_ip
 from relay.transports.base import TransportError
 
 log = logging.getLogger(__name__)
@@ -36,8 +37,16 @@ class ServiceRuntime:
         chain: Chain | None,
         metrics: RelayMetrics,
         base_dir: str,
+        policies: ServicePolicies | None = None,
     ) -> None:
         self.config = config
+        #: Admission, shield, CC and limits; None when the service names none (no cost).
+        self.policies = policies
+        self.trusted_proxies = (
+            IPMatcher(config.handler.http.trusted_proxies)
+            if config.handler.http.trusted_proxies
+            else None
+        )
         self.name = config.name
         self.chain = chain
         self.metrics = metrics
@@ -68,6 +77,54 @@ class ServiceRuntime:
 
     def block(self, reason: str) -> None:
         self.stats.blocked[reason] = self.stats.blocked.get(reason, 0) + 1
+
+    def admit_connection(self, ip: str, now: float) -> Verdict:
+        """Connection-level policies (admission, shield, climiter); counts a refusal.
+
+        After an allowed verdict the caller must call ``release_connection`` exactly once."""
+        if self.policies is None:
+            return ALLOW
+        verdict = self.policies.on_connect(ip, now)
+        if not verdict.allowed:
+            self.block(verdict.reason)
+        return verdict
+
+    def admit_stream(self, ip: str, now: float) -> Verdict:
+        """Policies for an L4 connection (one connection, one request); counts a refusal.
+        After an allowed verdict the caller must call ``release_connection`` exactly once."""
+        if self.policies is None:
+            return ALLOW
+        verdict = self.policies.on_stream(ip, now)
+        if not verdict.allowed:
+            self.block(verdict.reason)
+        return verdict
+
+    def release_connection(self, ip: str) -> None:
+        if self.policies is not None:
+            self.policies.on_disconnect(ip)
+
+    def admit_request(self, ip: str, now: float) -> Verdict:
+        """Request-level policies (admission, shield, CC, rlimiter); counts a refusal."""
+        if self.policies is None:
+            return ALLOW
+        verdict = self.policies.on_request(ip, now)
+        if not verdict.allowed:
+            self.block(verdict.reason)
+        return verdict
+
+    def client_ip(self, peer_ip: str, forwarded_for: bytes) -> str:
+        """The client's IP: the peer, or, when the peer is a trusted proxy, the rightmost
+        ``X-Forwarded-For`` entry that is not itself a trusted proxy."""
+        trusted = self.trusted_proxies
+        if trusted is None or not forwarded_for or peer_ip not in trusted:
+            return peer_ip
+        for hop in reversed(forwarded_for.decode("latin-1").split(",")):
+            candidate = normalize_ip(hop.strip())
+            if candidate is None:  # not an IP at all: stop believing the header here
+                return peer_ip
+            if candidate not in trusted:
+                return candidate
+        return peer_ip
 
     # --- upstreams --------------------------------------------------------------------------
 

@@ -245,7 +245,7 @@ def test_gost_metadata_keys_are_case_insensitive_and_extra_keys_kept() -> None:
     data["services"][0]["metadata"] = {"bufferSize": 4096}
     service = config_from_mapping(data).services[0]
     assert service.listener == ListenerConfig(
-        type="ws", path="/ws", metadata={"keepalive": 20.0, "proxyProtocol": 1}
+        type="ws", path="/ws", proxy_protocol=1, metadata={"keepalive": 20.0}
     )
     assert service.handler.http.ttfb_timeout == 5.0
     assert service.handler.metadata == {"custom": ["a", {"b": 1}]}
@@ -843,3 +843,14 @@ def test_random_yaml_text_only_ever_raises_config_error(certs: Path) -> None:
 def test_hostile_yaml(text: str) -> None:
     with pytest.raises(ConfigError):
         load_config_text(text)
+
+
+def test_proxy_protocol_and_trusted_proxies_are_checked() -> None:
+    data = minimal()
+    data["services"][0]["listener"] = {"type": "tcp", "metadata": {"proxyProtocol": 3}}
+    data["services"][0]["handler"]["metadata"] = {"trustedProxies": ["10.0.0.0/8", "nope"]}
+    with pytest.raises(ConfigError) as refused:
+        config_from_mapping(data)
+    paths = [issue.path for issue in refused.value.issues]
+    assert "services[0].listener.metadata.proxyProtocol" in paths
+    assert "services[0].handler.metadata.trustedProxies[1]" in paths

@@ -88,6 +88,9 @@ class ListenerConfig:
     tls: TLSConfig | None = None
     #: WebSocket listeners: the request path accepted (others get 404).
     path: str = "/"
+    #: PROXY protocol version (1 or 2) a load balancer in front sends; 0 = none. The client
+    #: address then comes from its header instead of the socket.
+    proxy_protocol: int = 0
     #: Transport options (``keepalive`` for ws/wss, ``proxyProtocol`` later, ...).
     metadata: dict[str, object] = field(default_factory=dict)
 
@@ -110,6 +113,9 @@ class HTTPHandlerOptions:
     retry_buffer: int = 1 << 20
     #: Longest request head accepted from a client.
     max_header_size: int = 64 * 1024
+    #: Peers (IPs/CIDRs) whose ``X-Forwarded-For`` is believed: the client IP is then the
+    #: rightmost address in it that is not itself a trusted proxy.
+    trusted_proxies: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

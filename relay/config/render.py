@@ -172,7 +172,10 @@ class _Renderer:
         out: dict[str, object] = {"type": listener.type}
         if listener.tls is not None:
             out["tls"] = self.tls(listener.tls)
-        out["metadata"] = {"path": listener.path, **self.metadata(listener.metadata)}
+        meta: dict[str, object] = {"path": listener.path}
+        if listener.proxy_protocol:
+            meta["proxyProtocol"] = listener.proxy_protocol
+        out["metadata"] = {**meta, **self.metadata(listener.metadata)}
         return out
 
     def handler(self, handler: HandlerConfig) -> dict[str, object]:
@@ -189,6 +192,7 @@ class _Renderer:
             "keepaliveTimeout": duration(http.keepalive_timeout),
             "retryBuffer": http.retry_buffer,
             "maxHeaderSize": http.max_header_size,
+            **({"trustedProxies": list(http.trusted_proxies)} if http.trusted_proxies else {}),
             **self.metadata(handler.metadata),
         }
         return out

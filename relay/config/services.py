@@ -25,6 +25,7 @@ from relay.config.readers import (
     _Ctx,
     _duration,
     _int,
+    _ip_or_cidr_list,
     _items,
     _key,
     _mapping,
@@ -108,10 +109,15 @@ def _listener(ctx: _Ctx, value: object, path: str) -> ListenerConfig:
     if keepalive is not None:
         # Normalised to seconds so transports read a float whatever the file said.
         meta["keepalive"] = _duration(ctx, keepalive, _key(meta_path, "keepalive"), 0.0)
+    proxy_path = _key(meta_path, "proxyProtocol")
+    proxy_protocol = _int(ctx, _take(ctx, meta, "proxyProtocol", meta_path), proxy_path, 0, 0)
+    if proxy_protocol not in (0, 1, 2):
+        ctx.error(proxy_path, f"PROXY protocol version must be 1 or 2, got {proxy_protocol}")
     return ListenerConfig(
         type=cast(ListenerType, listener_type or "tcp"),
         tls=_tls(ctx, d.get("tls"), _key(path, "tls")),
         path=url_path,
+        proxy_protocol=proxy_protocol,
         metadata=meta,
     )
 
@@ -161,6 +167,9 @@ def _http_options(
         keepalive_timeout=duration("keepaliveTimeout", default.keepalive_timeout, True),
         retry_buffer=integer("retryBuffer", default.retry_buffer, 0),
         max_header_size=integer("maxHeaderSize", default.max_header_size, 1),
+        trusted_proxies=_ip_or_cidr_list(
+            ctx, _take(ctx, meta, "trustedProxies", path) or [], _key(path, "trustedProxies")
+        ),
     )
     heartbeat = _take(ctx, meta, "sseHeartbeat", path)
     if heartbeat is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections import deque
 from enum import Enum
 from typing import cast
@@ -21,6 +22,7 @@ from relay.chain import DialError
 from relay.config.model import HTTPHandlerOptions
 from relay.connector import RelayRefused
 from relay.handlers.http_upstream import UpstreamConnection
+from relay.policy import Verdict
 from relay.protocols import http1
 from relay.service import ServiceRuntime
 
@@ -75,17 +77,21 @@ class Exchange:
         self.last_activity = 0.0
         self.response_begun = False
         self.client_left = False
+        #: Set when a policy refused the request: it is answered 429 and never sent upstream.
+        self.refusal: Verdict | None = None
         self._timers: list[asyncio.TimerHandle] = []
 
     # --- request body (from the client parser) ----------------------------------------------
 
     def feed_body(self, data: bytes) -> None:
         self.body_bytes += len(data)
+        if self.refusal is not None:
+            return  # a refused request's body is read and dropped
         self._send_upstream(http1.chunk(data) if self.body_chunked else data)
 
     def end_body(self) -> None:
         self.body_done = True
-        if self.body_chunked:
+        if self.body_chunked and self.refusal is None:
             self._send_upstream(http1.LAST_CHUNK)
 
     def _send_upstream(self, data: bytes) -> None:
@@ -294,6 +300,10 @@ class HttpConnection(asyncio.Protocol):
         self._keepalive_timer: asyncio.TimerHandle | None = None
         self._closing = False
         self._opened_at = 0.0
+        #: Admitted by the connection policies: owes them one release at the end.
+        self._admitted = False
+        #: A connection-level refusal (shield block, climiter) answers every request with it.
+        self._refusal: Verdict | None = None
 
     # --- asyncio.Protocol -------------------------------------------------------------------
 
@@ -305,6 +315,15 @@ class HttpConnection(asyncio.Protocol):
         self._opened_at = self.loop.time()
         self.transport.set_write_buffer_limits(high=self.service.config.buffer_size)
         self.service.opened(self)
+        verdict = self.service.admit_connection(self.peer_ip, self._opened_at)
+        if verdict.allowed:
+            self._admitted = True
+        elif verdict.reason in ("admission", "shield_blacklist"):
+            self._closing = True  # never a word to those
+            self.transport.abort()
+            return
+        else:
+            self._refusal = verdict
         self._arm_keepalive()
 
     def data_received(self, data: bytes) -> None:
@@ -328,6 +347,9 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
+        if self._admitted:
+            self._admitted = False
+            self.service.release_connection(self.peer_ip)
         if self._keepalive_timer is not None:
             self._keepalive_timer.cancel()
         if self._active is not None:
@@ -411,6 +433,10 @@ class HttpConnection(asyncio.Protocol):
         headers.append((b"Connection", b"keep-alive"))
         head = http1.request_head(method, self._url, headers)
         exchange = Exchange(self, method, head, request_id, parser.should_keep_alive(), chunked)
+        client = self.service.client_ip(self.peer_ip, forwarded)
+        verdict = self._refusal or self.service.admit_request(client, self.loop.time())
+        if not verdict.allowed:
+            exchange.refusal = verdict
         self._current = exchange
         self._queue.append(exchange)
         if len(self._queue) > MAX_QUEUED_REQUESTS:
@@ -458,6 +484,9 @@ class HttpConnection(asyncio.Protocol):
 
     async def _serve(self, exchange: Exchange) -> bool:
         """Serve one exchange; returns whether the client connection can carry on."""
+        if exchange.refusal is not None:
+            self._refuse(exchange, exchange.refusal)
+            return exchange.body_done and self._refusal is None
         tried: set[str] = set()
         for _attempt in range(MAX_ATTEMPTS):
             upstream = self._take_idle_upstream()
@@ -519,9 +548,23 @@ class HttpConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    def answer_error(self, exchange: Exchange, status: int, error: str, message: str) -> None:
+    def _refuse(self, exchange: Exchange, verdict: Verdict) -> None:
+        """429 with ``Retry-After`` for a request a policy refused."""
+        extra: http1.Headers = []
+        if verdict.retry_after > 0:
+            extra.append((b"retry-after", b"%d" % math.ceil(verdict.retry_after)))
+        self.answer_error(exchange, 429, "too_many_requests", f"refused by {verdict.reason}", extra)
+
+    def answer_error(
+        self,
+        exchange: Exchange,
+        status: int,
+        error: str,
+        message: str,
+        extra: http1.Headers | None = None,
+    ) -> None:
         keep_alive = exchange.client_keep_alive and exchange.body_done and not self._closing
-        self.write(http1.json_error(status, error, message, exchange.request_id, keep_alive))
+        self.write(http1.json_error(status, error, message, exchange.request_id, keep_alive, extra))
         if not exchange.done.done():
             exchange._record(status)
             exchange.done.set_result(Outcome.FAILED)

@@ -35,6 +35,9 @@ class _TunnelConnection(asyncio.Protocol):
         self._lost = False
         self._task: asyncio.Task[None] | None = None
         self._upstream: asyncio.Transport | None = None
+        #: Admitted by the connection policies: owes them one release at the end.
+        self._admitted = False
+        self.refused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -43,6 +46,17 @@ class _TunnelConnection(asyncio.Protocol):
         self.peer_ip = peer[0] if peer else ""
         self._started = asyncio.get_running_loop().time()
         self.service.opened(self)
+        self._apply_policies(self._started)
+
+    def _apply_policies(self, now: float) -> None:
+        """An L4 connection is judged once, as its own one request; a refused one is closed."""
+        verdict = self.service.admit_stream(self.peer_ip, now)
+        if verdict.allowed:
+            self._admitted = True
+        else:
+            self.refused = True
+            assert self.transport is not None
+            self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         self._early.append(data)
@@ -57,6 +71,9 @@ class _TunnelConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
+        if self._admitted:
+            self._admitted = False
+            self.service.release_connection(self.peer_ip)
         if self._task is not None and not self._task.done():
             self._task.cancel()
         if self._upstream is None:
@@ -117,7 +134,8 @@ class ForwardConnection(_TunnelConnection):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self._spawn(self._connect())
+        if not self.refused:
+            self._spawn(self._connect())
 
     async def _connect(self) -> None:
         try:
@@ -133,11 +151,13 @@ class RelayServerConnection(_TunnelConnection):
     """``relay``: reads the relay header, authenticates, connects only to allowed targets."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        self._header_timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
-            HEADER_TIMEOUT, self._header_timeout
-        )
+        self._header_timer: asyncio.TimerHandle | None = None
         self._buf = b""
+        super().connection_made(transport)
+        if not self.refused:
+            self._header_timer = asyncio.get_running_loop().call_later(
+                HEADER_TIMEOUT, self._header_timeout
+            )
 
     def _header_timeout(self) -> None:
         self._header_timer = None

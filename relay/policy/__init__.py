@@ -10,10 +10,12 @@ Use :class:`ServicePolicies`, one per service per config generation::
     policies = ServicePolicies.for_service(service_config, relay_config)
     verdict = policies.on_connect(client_ip, loop.time())
     if not verdict.allowed: close; count verdict.reason
-    ...                     # per request (HTTP) or once (L4):
-    verdict = policies.on_request(client_ip, loop.time())
-    ...
+    verdict = policies.on_request(client_ip, loop.time())   # per HTTP request
+    if not verdict.allowed: 429 with Retry-After: ceil(verdict.retry_after) when > 0
     policies.on_disconnect(client_ip)   # exactly once, only after an allowed on_connect
+
+An L4 (``forward``) service has no requests. Calling ``on_request`` once per connection makes
+CC and the rlimiter count its connections; a ``strict`` shield then counts each one twice.
 
 A connection keeps the ``ServicePolicies`` it was admitted by for its whole life (hot reload
 builds new ones for new connections), so its ``on_disconnect`` reaches the limiter that
@@ -97,8 +99,9 @@ class ServicePolicies:
     Connections (:meth:`on_connect`): admission, then the shield (blacklist, active block,
     and a count when ``strict``), then the climiter. Requests (:meth:`on_request`):
     admission, then the shield, CC, the rlimiter. Admission comes first in both, so a
-    refused IP leaves no state anywhere; the first refusal stops the chain, so later
-    policies do not count what an earlier one refused.
+    refused IP leaves no state anywhere. The first refusal stops the chain: later policies
+    never see what an earlier one refused, while earlier ones have counted it (a request the
+    rlimiter refuses still counted for the shield and charged CC's service bucket).
 
     Any argument may be None (policy not configured). ``max_entries`` caps the per-IP
     entries of each stateful policy.
@@ -164,7 +167,8 @@ class ServicePolicies:
         return ALLOW
 
     def on_disconnect(self, ip: str) -> None:
-        """The connection from ``ip`` that :meth:`on_connect` allowed has ended."""
+        """The connection that :meth:`on_connect` allowed has ended; ``ip`` must be the same
+        string that was given to :meth:`on_connect`."""
         if self.climiter is not None:
             self.climiter.release(ip)
 
@@ -184,6 +188,17 @@ class ServicePolicies:
                 return verdict
         if self.rlimiter is not None and not self.rlimiter.allow(ip, now):
             return _DENY_RLIMITER
+        return ALLOW
+
+    def on_stream(self, ip: str, now: float) -> Verdict:
+        """Judge an L4 connection (``forward``/``relay``), which is its own one request: the
+        shield counts it once as a request, CC and the rate limiter see it, and the climiter
+        takes a slot. When allowed, call :meth:`on_disconnect` exactly once at its end."""
+        verdict = self.on_request(ip, now)
+        if not verdict.allowed:
+            return verdict
+        if self.climiter is not None and not self.climiter.acquire(ip):
+            return _DENY_CLIMITER
         return ALLOW
 
     def untracked(self) -> int:

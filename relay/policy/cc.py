@@ -13,12 +13,15 @@ The rule, precisely:
    (``excess``). An interval with ``excess > 0`` is overloaded.
 3. **Heavy.** When an interval ends overloaded, an IP is *heavy* for it when both
 
-   * its ``count`` is above the mean, ``count > total / clients`` (a client doing no more
-     than the average is never blocked, whatever the load), and
    * it belongs to the smallest set of heaviest IPs whose requests cover the excess: the IPs
      are ranked in power-of-two classes of ``count`` (``[1,2)``, ``[2,4)``, ``[4,8)``, ...)
      and an IP is in the set when the IPs in the classes strictly above its own together
-     sent fewer than ``excess`` requests. IPs in one class are treated as equals.
+     sent fewer than ``excess`` requests (IPs in one class are treated as equals), and
+   * it stands out: its ``count`` is above the mean (``count > total / clients``), or it
+     alone sent more than the whole service may in an interval
+     (``count > rate_limit * check_interval``). So when an overload is spread evenly over
+     many ordinary clients, none is singled out, while a few equal bots with nobody else
+     around are still caught.
 4. **Block.** A heavy IP is blocked for ``block_duration`` at its first request of the next
    interval (that request is refused with reason ``cc``). So a flood is stopped one interval
    after it starts, and an IP that stopped on its own is never blocked. Requests refused
@@ -26,10 +29,11 @@ The rule, precisely:
 
 Why this rule: the classes make each step O(1) (one counter per class; a class change when a
 count reaches a power of two), with no sort and no scan of the clients. The excess rule
-targets exactly the contributors that, removed, would have kept the service under its limit;
-the mean rule keeps ordinary clients safe when the overload is spread evenly over many IPs
-(a flood spread over many IPs that each send no more than a normal client cannot be told
-apart by counts; admission lists and an upstream filter are the tools for that).
+targets the contributors that, removed, would have kept the service under its limit (to within
+the factor of two of a class);
+the "stands out" rule keeps ordinary clients safe when the overload is spread evenly over many
+IPs (a flood spread over many IPs that each send no more than a normal client cannot be told
+apart by counts; admission lists, the shield and an upstream filter are the tools for that).
 
 State: one entry per recently active IP (a :class:`~relay.policy.table.BoundedTable`, entries
 expire after two intervals). Blocked IPs are held for their whole block; when the table is
@@ -55,9 +59,8 @@ class _Client(Slot):
     __slots__ = ("count", "interval")
 
     def __init__(self, interval: int) -> None:
-        super().__init__()
         self.interval = interval
-        self.count = 0
+        self.count = 1  # created on its first request
 
 
 class CCGuard:
@@ -68,6 +71,7 @@ class CCGuard:
 
     __slots__ = (
         "_block",
+        "_budget",
         "_burst",
         "_class_sums",
         "_clients",
@@ -93,6 +97,8 @@ class CCGuard:
         self._burst = float(config.burst_size)
         self._block = float(config.block_duration)
         self._length = config.check_interval
+        # Requests the whole service may make in one interval.
+        self._budget = config.rate_limit * config.check_interval
         self._tokens = self._burst
         self._last = -math.inf  # the first request finds the bucket full
         # The interval being counted ...
@@ -137,40 +143,40 @@ class CCGuard:
         table = self._table
         entry = table.get(ip, now)
         if entry is None:
-            entry = _Client(interval)
-            if not table.add(ip, entry, now):
+            # A new IP: its first request of the interval, count 1 (class 0).
+            if table.add(ip, _Client(interval), now):
+                self._class_sums[0] += 1
+                self._clients += 1
+                self._total += 1
+            else:
                 self.untracked += 1
-                self._charge(now)
-                return ALLOW
         elif entry.held_until > now:
             return Verdict(False, "cc", entry.held_until - now)
-        elif entry.interval != interval:
-            # First request of this IP in this interval: judge its previous interval.
-            last = entry.count if entry.interval == interval - 1 else 0
-            entry.interval = interval
-            entry.count = 0
-            if last and self._heavy(last):
-                if self._block > 0:
-                    table.hold(ip, now + self._block)
-                return Verdict(False, "cc", self._block)
-        count = entry.count + 1
-        entry.count = count
-        sums = self._class_sums
-        if count & (count - 1) == 0:
-            # A power of two: the IP moves up one class, taking its earlier requests along.
-            k = count.bit_length() - 1
-            if k:
-                sums[k - 1] -= count - 1
-            else:
-                self._clients += 1
-            sums[k] += count
         else:
-            sums[count.bit_length() - 1] += 1
-        self._total += 1
-        self._charge(now)
-        return ALLOW
-
-    def _charge(self, now: float) -> None:
+            if entry.interval != interval:
+                # First request of this IP in this interval: judge its previous interval.
+                last = entry.count if entry.interval == interval - 1 else 0
+                entry.interval = interval
+                entry.count = 0
+                if last and self._heavy(last):
+                    if self._block > 0:
+                        table.hold(ip, now + self._block)
+                    return Verdict(False, "cc", self._block)
+            count = entry.count + 1
+            entry.count = count
+            sums = self._class_sums
+            if count & (count - 1) == 0:
+                # A power of two: the IP moves up one class, taking its earlier requests.
+                k = count.bit_length() - 1
+                if k:
+                    sums[k - 1] -= count - 1
+                else:
+                    self._clients += 1
+                sums[k] += count
+            else:
+                sums[count.bit_length() - 1] += 1
+            self._total += 1
+        # Charge the service bucket (inlined: this is every request's path).
         tokens = self._tokens
         if now > self._last:
             tokens = min(self._burst, tokens + (now - self._last) * self._rate)
@@ -180,12 +186,13 @@ class CCGuard:
         else:
             self._tokens = tokens
             self._excess += 1
+        return ALLOW
 
     def _heavy(self, count: int) -> bool:
         return (
             self._prev_excess > 0
-            and count * self._prev_clients > self._prev_total
             and self._prev_above[count.bit_length() - 1] < self._prev_excess
+            and (count * self._prev_clients > self._prev_total or count > self._budget)
         )
 
     def _roll(self, interval: int) -> None:

@@ -2,13 +2,14 @@
 
 Lookups run per request, so they avoid :mod:`ipaddress` (about 5 µs per parse on this kind of
 machine) and instead convert the address once with ``socket.inet_pton`` (about 0.3 µs) to an
-integer, then probe one hash set per distinct prefix length, most specific first. The cost is
-O(number of distinct prefix lengths) set lookups, at most 33 for IPv4 and 129 for IPv6, and in
-practice a handful. ``inet_pton`` is a pure libc text→bytes conversion: no socket is created
-and nothing is read or written (STYLE B1 is about I/O, not about this helper).
+integer key, then probe one hash table per distinct prefix length, most specific first:
+O(number of distinct prefix lengths), at most 33 + 129 and in practice a handful.
+``inet_pton`` is a pure libc text→bytes conversion: no socket is created and nothing is read
+or written (STYLE B1 is about I/O).
 
 IPv4-mapped IPv6 addresses (``::ffff:192.0.2.1``, what a dual-stack listener reports for IPv4
-clients) are normalised to IPv4 on both sides, in entries and in looked-up addresses.
+clients) are normalised to IPv4 on both sides, in entries and in looked-up addresses. As in
+:mod:`ipaddress`, IPv6 networks contain no IPv4 client: ``::/0`` means every IPv6 client.
 """
 
 from __future__ import annotations
@@ -21,6 +22,29 @@ __all__ = ["IPMatcher", "normalize_ip", "parse_ip"]
 
 _V4_MAPPED_PREFIX = 0xFFFF << 32
 _V4_MAPPED_MASK = ((1 << 128) - 1) ^ ((1 << 32) - 1)
+# Keys live in a 129-bit space: bit 128 says IPv4, then the address left-aligned in the 128
+# bits below. A /p network (either family) is then a /(p + 1) prefix of that space, so one
+# index serves both families and an IPv6 network (even ::/0) never contains an IPv4 client.
+_V4_FLAG = 1 << 128
+_KEY_BITS = 129
+_KEY_FULL = (1 << _KEY_BITS) - 1
+
+
+def _address_key(ip: str) -> int:
+    """``ip`` as a key of the 129-bit space (IPv4-mapped IPv6 as IPv4), -1 if not an IP."""
+    try:
+        if ":" in ip:
+            zone = ip.find("%")
+            if zone >= 0:
+                ip = ip[:zone]
+            value = int.from_bytes(inet_pton(AF_INET6, ip), "big")
+            if value & _V4_MAPPED_MASK == _V4_MAPPED_PREFIX:
+                return _V4_FLAG | (value & 0xFFFFFFFF) << 96
+            return value
+        return _V4_FLAG | int.from_bytes(inet_pton(AF_INET, ip), "big") << 96
+    except (OSError, ValueError):
+        # OSError: not an address; ValueError: embedded NUL or non-ASCII text.
+        return -1
 
 
 def parse_ip(ip: str) -> tuple[int, int] | None:
@@ -30,19 +54,12 @@ def parse_ip(ip: str) -> tuple[int, int] | None:
     Returns None for anything that is not an IP address (never raises), so callers can treat
     a non-IP peer (a UNIX socket, an empty string) as "matches nothing".
     """
-    try:
-        if ":" in ip:
-            zone = ip.find("%")
-            if zone >= 0:
-                ip = ip[:zone]
-            value = int.from_bytes(inet_pton(AF_INET6, ip), "big")
-            if value & _V4_MAPPED_MASK == _V4_MAPPED_PREFIX:
-                return 4, value & 0xFFFFFFFF
-            return 6, value
-        return 4, int.from_bytes(inet_pton(AF_INET, ip), "big")
-    except (OSError, ValueError):
-        # OSError: not an address; ValueError: embedded NUL or non-ASCII text.
+    key = _address_key(ip)
+    if key < 0:
         return None
+    if key & _V4_FLAG:
+        return 4, (key >> 96) & 0xFFFFFFFF
+    return 6, key
 
 
 def normalize_ip(ip: str) -> str | None:
@@ -56,27 +73,6 @@ def normalize_ip(ip: str) -> str | None:
     return str(ipaddress.IPv4Address(value) if version == 4 else ipaddress.IPv6Address(value))
 
 
-class _PrefixIndex:
-    """All networks of one IP version: ``[(mask, {network_int: entry})]``, longest prefix
-    first, so the first hit is the most specific entry."""
-
-    __slots__ = ("levels",)
-
-    def __init__(self, by_prefix: dict[int, dict[int, str]], bits: int) -> None:
-        full = (1 << bits) - 1
-        self.levels: tuple[tuple[int, dict[int, str]], ...] = tuple(
-            (full ^ ((1 << (bits - prefix)) - 1), by_prefix[prefix])
-            for prefix in sorted(by_prefix, reverse=True)
-        )
-
-    def match(self, value: int) -> str | None:
-        for mask, networks in self.levels:
-            entry = networks.get(value & mask)
-            if entry is not None:
-                return entry
-        return None
-
-
 class IPMatcher:
     """A set of IP addresses and CIDR networks (IPv4 and IPv6) with fast membership tests.
 
@@ -86,13 +82,18 @@ class IPMatcher:
     one is the one :meth:`match_cidr` reports.
 
     ``ip in matcher`` is True when the address is in any entry; a string that is not an IP
-    address is in nothing. Immutable after construction; safe to share.
+    address is in nothing. Answers are memoised per address string in a small cache (cleared
+    when it reaches ``CACHE_SIZE``), so the clients of a busy service cost one dict lookup per
+    request. Otherwise immutable; not thread-safe (one event loop).
     """
 
-    __slots__ = ("_exact", "_size", "_v4", "_v6")
+    #: Addresses whose answer is remembered, at most (about 100 bytes each).
+    CACHE_SIZE = 4096
+
+    __slots__ = ("_cache", "_exact", "_levels", "_size")
 
     def __init__(self, entries: Iterable[str]) -> None:
-        by_version: dict[int, dict[int, dict[int, str]]] = {4: {}, 6: {}}
+        by_prefix: dict[int, dict[int, str]] = {}
         exact: set[str] = set()
         size = 0
         for raw in entries:
@@ -102,21 +103,24 @@ class IPMatcher:
                 mapped = network.network_address.ipv4_mapped
                 if mapped is not None:
                     network = ipaddress.IPv4Network((mapped, network.prefixlen - 96))
-            version = network.version
-            by_version[version].setdefault(network.prefixlen, {})[int(network.network_address)] = (
-                entry
-            )
+            value = int(network.network_address)
+            if network.version == 4:
+                value = _V4_FLAG | value << 96
+            by_prefix.setdefault(network.prefixlen + 1, {})[value] = entry
             if network.prefixlen == network.max_prefixlen:
-                # Fast path: the common text forms of an exact address hit a plain set and
-                # skip parsing altogether.
+                # Fast path: the usual text forms of an exact address skip parsing.
                 exact.add(str(network.network_address))
-                if version == 4:
+                if network.version == 4:
                     exact.add(f"::ffff:{network.network_address}")
             size += 1
         self._exact = frozenset(exact)
-        self._v4 = _PrefixIndex(by_version[4], 32)
-        self._v6 = _PrefixIndex(by_version[6], 128)
+        # (mask, {network: entry}), longest prefix first: the first hit is the most specific.
+        self._levels: tuple[tuple[int, dict[int, str]], ...] = tuple(
+            (_KEY_FULL ^ ((1 << (_KEY_BITS - prefix)) - 1), by_prefix[prefix])
+            for prefix in sorted(by_prefix, reverse=True)
+        )
         self._size = size
+        self._cache: dict[str, bool] = {}
 
     def __len__(self) -> int:
         """Number of entries given (duplicates included)."""
@@ -128,15 +132,24 @@ class IPMatcher:
     def __contains__(self, ip: object) -> bool:
         if not self._size or not isinstance(ip, str):
             return False
-        if ip in self._exact:
-            return True
-        return self.match_cidr(ip) is not None
+        cache = self._cache
+        found = cache.get(ip)
+        if found is None:
+            found = ip in self._exact or self.match_cidr(ip) is not None
+            if len(cache) >= self.CACHE_SIZE:
+                cache.clear()
+            cache[ip] = found
+        return found
 
     def match_cidr(self, ip: str) -> str | None:
         """The most specific entry (longest prefix) containing ``ip``, as written in the
-        config, or None when no entry contains it or ``ip`` is not an IP address."""
-        parsed = parse_ip(ip)
-        if parsed is None:
+        config, or None when no entry contains it or ``ip`` is not an IP address. Not cached:
+        O(number of distinct prefix lengths) after one parse."""
+        key = _address_key(ip)
+        if key < 0:
             return None
-        version, value = parsed
-        return (self._v4 if version == 4 else self._v6).match(value)
+        for mask, networks in self._levels:
+            entry = networks.get(key & mask)
+            if entry is not None:
+                return entry
+        return None

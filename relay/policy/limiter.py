@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import math
 
-from relay.config.loader import parse_limit_line
 from relay.config.model import LimiterConfig
+from relay.config.values import parse_limit_line
 from relay.policy.ipmatch import IPMatcher
 from relay.policy.table import BoundedTable, Slot
 
@@ -157,7 +157,6 @@ class _Bucket(Slot):
     __slots__ = ("last", "rate", "tokens")
 
     def __init__(self, rate: int, now: float) -> None:
-        super().__init__()
         self.rate = rate
         self.tokens = float(rate + 1)
         self.last = now

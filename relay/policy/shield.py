@@ -41,8 +41,9 @@ from relay.policy.verdict import ALLOW, Verdict
 
 __all__ = ["EXACT_WINDOW_MAX", "Shield"]
 
-#: Largest ``max_requests`` for which ``sliding_window`` keeps exact request times per IP.
-EXACT_WINDOW_MAX = 64
+#: Largest ``max_requests`` for which ``sliding_window`` keeps exact request times per IP:
+#: at most 64 + 8 * 32 bytes of times per IP, 32 MB at a cap of 100,000 IPs.
+EXACT_WINDOW_MAX = 32
 
 _BLACKLISTED = Verdict(False, "shield_blacklist", 0.0)
 
@@ -51,7 +52,6 @@ class _Ring(Slot):
     __slots__ = ("pos", "stamps")
 
     def __init__(self, stamps: array[float]) -> None:
-        super().__init__()
         self.stamps = stamps
         self.pos = 0
 
@@ -60,7 +60,6 @@ class _Buckets(Slot):
     __slots__ = ("cur", "index", "prev")
 
     def __init__(self, index: int) -> None:
-        super().__init__()
         self.index = index
         self.prev = 0
         self.cur = 0
@@ -70,7 +69,6 @@ class _Tokens(Slot):
     __slots__ = ("last", "tokens")
 
     def __init__(self, tokens: float, last: float) -> None:
-        super().__init__()
         self.tokens = tokens
         self.last = last
 
@@ -85,6 +83,8 @@ class Shield:
     __slots__ = (
         "_blacklist",
         "_block",
+        "_has_blacklist",
+        "_has_whitelist",
         "_hit",
         "_max",
         "_new",
@@ -106,12 +106,15 @@ class Shield:
         self._strict = config.strict
         self._whitelist = IPMatcher(config.whitelist)
         self._blacklist = IPMatcher(config.blacklist)
+        self._has_whitelist = bool(self._whitelist)
+        self._has_blacklist = bool(self._blacklist)
         self._rate = config.max_requests / config.window
         self._template: array[float] = array("d", [-math.inf]) * config.max_requests
         #: Requests let through because the table was full of blocked IPs.
         self.untracked = 0
-        # The counting step is chosen once here, not branched on per request. Each returns
-        # None when the request fits, else the seconds until one would.
+        # The counting step is chosen once here, not branched on per request. _hit returns
+        # None when the request fits, else the seconds until one would; _new makes the state
+        # of an IP whose first request was just counted.
         self._hit: Callable[[Slot, float], float | None]
         self._new: Callable[[float], Slot]
         ttl = config.window
@@ -138,36 +141,19 @@ class Shield:
 
     def check_request(self, ip: str, now: float) -> Verdict:
         """Count one request from ``ip`` and say whether it may proceed."""
-        # DANGER ZONE: once per request. Empty lists cost one truth test each.
-        if self._whitelist and ip in self._whitelist:
+        # DANGER ZONE: once per request; kept in one function on purpose.
+        if self._has_whitelist and ip in self._whitelist:
             return ALLOW
-        if self._blacklist and ip in self._blacklist:
+        if self._has_blacklist and ip in self._blacklist:
             return _BLACKLISTED
-        return self._count(ip, now)
-
-    def check_connection(self, ip: str, now: float) -> Verdict:
-        """Say whether a new connection from ``ip`` may proceed: refused when blacklisted or
-        blocked; with ``strict`` it also counts as a request (and may start a block)."""
-        if self._whitelist and ip in self._whitelist:
-            return ALLOW
-        if self._blacklist and ip in self._blacklist:
-            return _BLACKLISTED
-        if self._strict:
-            return self._count(ip, now)
-        entry = self._table.peek(ip, now)
-        if entry is not None and entry.held_until > now:
-            return Verdict(False, "shield", entry.held_until - now)
-        return ALLOW
-
-    def _count(self, ip: str, now: float) -> Verdict:
         table = self._table
         entry = table.get(ip, now)
         if entry is None:
-            entry = self._new(now)
-            if not table.add(ip, entry, now):
+            # A new entry starts with this request counted (max_requests >= 1 always fits).
+            if not table.add(ip, self._new(now), now):
                 self.untracked += 1
-                return ALLOW
-        elif entry.held_until > now:
+            return ALLOW
+        if entry.held_until > now:
             return Verdict(False, "shield", entry.held_until - now)
         wait = self._hit(entry, now)
         if wait is None:
@@ -178,10 +164,27 @@ class Shield:
         # blockDuration 0: refuse just this request; the next one is judged afresh.
         return Verdict(False, "shield", wait)
 
+    def check_connection(self, ip: str, now: float) -> Verdict:
+        """Say whether a new connection from ``ip`` may proceed: refused when blacklisted or
+        blocked; with ``strict`` it also counts as a request (and may start a block)."""
+        if self._strict:
+            return self.check_request(ip, now)
+        if self._has_whitelist and ip in self._whitelist:
+            return ALLOW
+        if self._has_blacklist and ip in self._blacklist:
+            return _BLACKLISTED
+        entry = self._table.peek(ip, now)
+        if entry is not None and entry.held_until > now:
+            return Verdict(False, "shield", entry.held_until - now)
+        return ALLOW
+
     # -- exact sliding window --------------------------------------------------------------
 
     def _new_ring(self, now: float) -> _Ring:
-        return _Ring(self._template[:])
+        entry = _Ring(self._template[:])
+        entry.stamps[0] = now
+        entry.pos = 1 if self._max > 1 else 0
+        return entry
 
     def _hit_ring(self, entry: _Ring, now: float) -> float | None:
         stamps, pos = entry.stamps, entry.pos
@@ -196,7 +199,9 @@ class Shield:
     # -- two-bucket approximation ------------------------------------------------------------
 
     def _new_buckets(self, now: float) -> _Buckets:
-        return _Buckets(int(now // self._window))
+        entry = _Buckets(int(now // self._window))
+        entry.cur = 1
+        return entry
 
     def _hit_buckets(self, entry: _Buckets, now: float) -> float | None:
         window = self._window
@@ -216,7 +221,7 @@ class Shield:
     # -- token bucket ------------------------------------------------------------------------
 
     def _new_tokens(self, now: float) -> _Tokens:
-        return _Tokens(float(self._max), now)
+        return _Tokens(self._max - 1.0, now)
 
     def _hit_tokens(self, entry: _Tokens, now: float) -> float | None:
         tokens = entry.tokens

@@ -21,8 +21,16 @@ order the holds end, so the front is the first to end. (With mixed durations the
 end later than one behind it; then a new key may be refused while a hold has already ended,
 which is safe: nothing held is ever lost early.)
 
+Memory: the two OrderedDicts cost about 150 B per entry once churn has grown them to the
+capacity CPython keeps them at (about 3x the entry count, in slots), plus the key string
+(about 60 B for an IPv4 text, shared when the caller passes one string to several policies)
+and the entry object. Measured under a flood at a cap of 100,000 on CPython 3.11: about 460 B
+per IP for the shield's state (exact window of 10), 330 B for CC's, 710 B for both sharing the
+key strings (tests/test_policy_memory.py).
+
 Not thread-safe: one table belongs to one event loop. Time is whatever clock the caller
-passes as ``now`` (the loop clock), in seconds.
+passes as ``now`` (the loop clock), in seconds, and it must not go backwards (LRU order is
+taken for expiry order).
 """
 
 from __future__ import annotations
@@ -36,16 +44,14 @@ __all__ = ["FOREVER", "BoundedTable", "Slot"]
 #: A hold that never ends by itself (the owner removes the entry explicitly).
 FOREVER = math.inf
 
-# How many expired entries an insertion sweeps from the front besides the one it may need:
-# enough that the table shrinks back as a burst of keys goes quiet, few enough to stay O(1).
-_SWEEP_PER_ADD = 2
-
 
 class Slot:
     """Base class of table entries. Subclasses add their own ``__slots__``.
 
     ``seen`` is the last time the entry was touched, ``held_until`` the end of its hold
-    (0 when not held). Both are maintained by the table; treat them as read-only.
+    (0 when not held). Both are maintained by the table, which sets them in
+    :meth:`BoundedTable.add` (so subclass constructors need not call this one, and on the
+    path of every new key they do not); treat them as read-only.
     """
 
     __slots__ = ("held_until", "seen")
@@ -135,10 +141,35 @@ class BoundedTable(Generic[E]):
         nothing, when the table is full of entries that are held and whose holds have not
         ended. Amortized O(1).
         """
-        live = self._live
-        self._sweep(now)
-        if len(live) + len(self._held) >= self._max and not self._make_room(now):
-            return False
+        # DANGER ZONE: runs for every new key of a flood; unrolled on purpose.
+        live, held, ttl = self._live, self._held, self._ttl
+        room = self._max - len(live) - len(held)
+        if live:
+            # The front is the oldest live entry: if anything is expired, it is. Sweep up
+            # to two, so the table shrinks back as a burst of keys goes quiet.
+            first = next(iter(live))
+            if now - live[first].seen > ttl:
+                del live[first]
+                room += 1
+                if live:
+                    first = next(iter(live))
+                    if now - live[first].seen > ttl:
+                        del live[first]
+                        room += 1
+        if room <= 0:
+            # Full, and nothing live has expired: a hold that ended, else the LRU entry.
+            ended = None
+            if held:
+                ended = next(iter(held))
+                if held[ended].held_until > now:
+                    ended = None
+            if ended is not None:
+                del held[ended]
+            elif live:
+                live.popitem(last=False)
+                self.evictions += 1
+            else:
+                return False
         entry.seen = now
         entry.held_until = 0.0
         live[key] = entry
@@ -178,33 +209,3 @@ class BoundedTable(Generic[E]):
             del held[first]
             removed += 1
         return removed
-
-    def _sweep(self, now: float) -> None:
-        live, ttl = self._live, self._ttl
-        for _ in range(_SWEEP_PER_ADD):
-            if not live:
-                return
-            first = next(iter(live))
-            if now - live[first].seen <= ttl:
-                return
-            del live[first]
-
-    def _make_room(self, now: float) -> bool:
-        live = self._live
-        if live:
-            # The front is the oldest: if anything is expired, it is.
-            first = next(iter(live))
-            if now - live[first].seen > self._ttl:
-                del live[first]
-                return True
-        held = self._held
-        if held:
-            first = next(iter(held))
-            if held[first].held_until <= now:
-                del held[first]
-                return True
-        if live:
-            live.popitem(last=False)
-            self.evictions += 1
-            return True
-        return False

@@ -90,8 +90,15 @@ def chunk(data: bytes) -> bytes:
 LAST_CHUNK = b"0\r\n\r\n"
 
 
-def json_error(status: int, error: str, message: str, request_id: bytes, keep_alive: bool) -> bytes:
-    """A complete JSON error response, as the relay itself answers (502, 504, 400 ...)."""
+def json_error(
+    status: int,
+    error: str,
+    message: str,
+    request_id: bytes,
+    keep_alive: bool,
+    extra: Headers | None = None,
+) -> bytes:
+    """A complete JSON error response, as the relay itself answers (502, 504, 429, 400 ...)."""
     body = json.dumps(
         {"error": error, "message": message, "request_id": request_id.decode()}
     ).encode()
@@ -100,5 +107,6 @@ def json_error(status: int, error: str, message: str, request_id: bytes, keep_al
         (b"content-length", str(len(body)).encode()),
         (b"x-request-id", request_id),
         (b"connection", b"keep-alive" if keep_alive else b"close"),
+        *(extra or ()),
     ]
     return response_head(status, b"", headers) + body

@@ -1,14 +1,17 @@
-"""TLS on top of another transport (a hop's TLS dialer over the previous hop's tunnel).
+"""TLS on top of another transport.
 
-The event loop's ``start_tls`` only accepts its own socket transports, so a TLS session over a
-relay tunnel runs through ``ssl.MemoryBIO`` here: ciphertext in from the inner transport,
-plaintext up to the protocol, and the reverse for writes.
+Used where the event loop's own TLS cannot be: a hop's TLS dialer over the previous hop's
+tunnel (client side), and a TLS listener behind a PROXY protocol header (server side: the
+header arrives in clear before the handshake). The event loop's ``start_tls`` only accepts its
+own socket transports, so the session runs through ``ssl.MemoryBIO``: ciphertext in from the
+inner transport, plaintext up to the protocol, and the reverse for writes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
+from typing import Any
 
 from relay.transports.base import HandshakeError, LayeredTransport, TransportError
 
@@ -16,11 +19,19 @@ _READ_SIZE = 256 * 1024
 
 
 class TLSLayerTransport(LayeredTransport):
-    def __init__(self, inner: asyncio.Transport, ctx: ssl.SSLContext, server_name: str) -> None:
+    def __init__(
+        self,
+        inner: asyncio.Transport,
+        ctx: ssl.SSLContext,
+        server_name: str | None = None,
+        server_side: bool = False,
+    ) -> None:
         super().__init__(inner)
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
-        self._ssl = ctx.wrap_bio(self._incoming, self._outgoing, server_hostname=server_name)
+        self._ssl = ctx.wrap_bio(
+            self._incoming, self._outgoing, server_side=server_side, server_hostname=server_name
+        )
         self.handshake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._handshake_step()
 
@@ -75,6 +86,11 @@ class TLSLayerTransport(LayeredTransport):
     def encode(self, data: bytes) -> bytes:
         self._ssl.write(data)
         return self._outgoing.read()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "ssl_object":
+            return self._ssl
+        return super().get_extra_info(name, default)
 
     def can_write_eof(self) -> bool:
         return False
