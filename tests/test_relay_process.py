@@ -100,15 +100,29 @@ async def test_cli_run_metrics_reload_and_graceful_stop(
                 await asyncio.sleep(0.05)
         assert (await request(port(config, "edge"), "GET", "/healthz")).status == 200
 
-        # SIGTERM drains: a stream in flight finishes before the process exits.
-        reader, writer = await asyncio.open_connection("127.0.0.1", port(config, "edge"))
-        body = json.dumps({"messages": [], "stream": True, "max_tokens": 20, "interval_ms": 25})
-        writer.write(request_bytes("POST", "/v1/chat/completions", body.encode()))
-        status, headers = await read_head(reader)
+        # SIGTERM drains: 100 streams in flight finish before the process exits.
+        body = json.dumps({"messages": [], "stream": True, "max_tokens": 40, "interval_ms": 25})
+
+        async def stream() -> tuple[int, bytes, bool]:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port(config, "edge"))
+            writer.write(request_bytes("POST", "/v1/chat/completions", body.encode()))
+            status, headers = await read_head(reader)
+            heads.append(status)
+            if len(heads) == 100:  # every stream is under way
+                started.set()
+            data, complete = await read_body(reader, headers)
+            writer.close()
+            return status, data, complete
+
+        heads: list[int] = []
+        started = asyncio.Event()
+        streams = [asyncio.create_task(stream()) for _ in range(100)]
+        await asyncio.wait_for(started.wait(), 10)
         relay.proc.send_signal(signal.SIGTERM)
-        data, complete = await read_body(reader, headers)
-        assert status == 200 and complete
-        assert data.count(b"data: ") == 22  # 20 tokens, the stop chunk, [DONE]
+        results = await asyncio.gather(*streams)
+        assert all(status == 200 and complete for status, _, complete in results)
+        # 40 tokens, the stop chunk and [DONE] in every stream.
+        assert all(data.count(b"data: ") == 42 for _, data, _ in results)
         assert relay.proc.wait(10) == 0
     finally:
         relay.stop()
