@@ -26,6 +26,7 @@ from relay.config.model import (
 from relay.connector import RelayClientTransport
 from relay.protocols import relay_v1
 from relay.transports.base import LayeredTransport, PendingProtocol, TransportError, set_nodelay
+from relay.transports.quic.client import open_quic_stream
 from relay.transports.tls import TUNNEL_ALPN, client_context
 from relay.transports.tls_layer import tls_over
 from relay.transports.ws import client_upgrade
@@ -175,7 +176,9 @@ async def open_connection(
     host = addr.host or "127.0.0.1"
     kind = dialer.type
     if kind == "quic":
-        raise TransportError("quic dialer is not available in this build")
+        if over is not None:
+            raise TransportError("a quic hop must be a chain's first hop (QUIC runs over UDP)")
+        return await open_quic_stream(addr, dialer, base_dir)
     secure = kind in ("tls", "wss")
     ctx: ssl.SSLContext | None = None
     server_name = (dialer.tls.server_name if dialer.tls else None) or host
@@ -239,17 +242,21 @@ class Chain:
         target: Address | None,
         key: str | None = None,
         exclude: frozenset[str] = frozenset(),
+        candidates: list[NodeState] | None = None,
     ) -> Dialed:
         """Open a tunnel through every hop to ``target`` (None: the last hop's default target).
 
-        Nodes of the first hop are tried in selector order until one answers; a node that
-        fails is benched per its selector. Raises ``DialError`` when none could be reached.
+        Nodes of the first hop are tried in selector order (or in ``candidates`` order, when
+        the caller already asked the selector) until one answers; a node that fails is
+        benched per its selector. Raises ``DialError`` when none could be reached.
         """
         loop = asyncio.get_running_loop()
         first = self.hops[0]
         last_error = "no nodes"
         last_node = ""
-        for node in first.candidates(loop.time(), key):
+        if candidates is None:
+            candidates = first.candidates(loop.time(), key)
+        for node in candidates:
             if node.name in exclude:
                 continue
             try:

@@ -209,6 +209,9 @@ class RelayNode:
             # Old runtimes keep serving their open connections but stop their probes now.
             for runtime in slot.retired:
                 await runtime.stop()
+            for runtime in slot.retired:
+                if not runtime.connections:
+                    runtime.upstream_pool.close_all()  # idle tunnels its last clients left
             slot.retired = [r for r in slot.retired if r.connections]
         self._slots = slots
         self._chains = chains
@@ -253,6 +256,7 @@ class RelayNode:
         self._draining.extend(runtimes)
         for runtime in runtimes:
             runtime.draining = True
+            runtime.upstream_pool.close_all()  # idle tunnels carry nothing; let peers drain
             for conn in list(runtime.connections):
                 conn.close()  # idle ones close now; busy ones after their exchange
         deadline = loop.time() + timeout

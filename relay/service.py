@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-from relay.chain import Chain, Dialed, DialError, NodeGroup, dial_direct
+from relay.chain import Chain, Dialed, DialError, NodeGroup, NodeState, dial_direct
 from relay.config.model import Address, ServiceConfig
 from relay.metrics import RelayMetrics, ServiceStats
 from relay.policy import ALLOW, IPMatcher, ServicePolicies, Verdict, normalize_ip
+from relay.pool import UpstreamPool
 from relay.transports.base import TransportError
 
 log = logging.getLogger(__name__)
@@ -28,6 +30,19 @@ class Connection(Protocol):
 
     def abort(self) -> None:
         """Close at once."""
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where a new upstream connection goes: the first hop's nodes in the order to try them,
+    and the target named in the relay header (None: the last hop's default)."""
+
+    first_hop: list[NodeState]
+    target: Address | None
+
+    @property
+    def pool_key(self) -> tuple[str, str]:
+        return (self.first_hop[0].name if self.first_hop else "", str(self.target))
 
 
 class ServiceRuntime:
@@ -59,6 +74,8 @@ class ServiceRuntime:
                 f"{config.name}.forwarder", fwd.nodes, fwd.selector, fwd.probe
             )
         self.connections: set[Connection] = set()
+        #: Idle keep-alive upstream connections (http handler), shared by client connections.
+        self.upstream_pool: UpstreamPool[Any] = UpstreamPool()
         #: Set when the service stops accepting; handlers close idle keep-alive connections.
         self.draining = False
 
@@ -138,29 +155,45 @@ class ServiceRuntime:
             for n in self.forwarder.nodes
         )
 
+    def route(self, key: str | None = None) -> Route:
+        """Ask the selectors once where a new upstream connection should go (client ``key``
+        for the hash strategy). The route's ``pool_key`` names where it would lead, so an
+        idle connection to the same place can serve instead of a new one."""
+        now = asyncio.get_running_loop().time()
+        target = None
+        if self.chain is not None:
+            first = self.chain.hops[0].candidates(now, key)
+            if self.forwarder is not None:
+                target = self.forwarder.candidates(now, key)[0].config.addr
+        elif self.forwarder is not None:
+            first = self.forwarder.candidates(now, key)
+        else:
+            first = []
+        return Route(first, target)
+
     async def connect_upstream(
         self,
         target: Address | None = None,
         key: str | None = None,
         exclude: frozenset[str] = frozenset(),
+        route: Route | None = None,
     ) -> Dialed:
-        """Connect toward ``target``, or toward the forwarder's choice when it is None.
+        """Connect toward ``target``, or along ``route`` (default: a fresh ``route(key)``).
 
         Through the service's chain when it has one (an unset target then means "the last
         hop's default"), else directly to forwarder nodes, failing over between them.
         Raises ``DialError``.
         """
         timeout = self.config.handler.http.ttfb_timeout
-        if self.chain is not None:
-            if target is None and self.forwarder is not None:
-                now = asyncio.get_running_loop().time()
-                target = self.forwarder.candidates(now, key)[0].config.addr
-            return await self.chain.dial(target, key, exclude)
-        if target is not None:
+        if target is not None and self.chain is None:
             return await self._dial_node(target, target_name=str(target))
+        if route is None:
+            route = self.route(key)
+        if self.chain is not None:
+            return await self.chain.dial(target or route.target, key, exclude, route.first_hop)
         if self.forwarder is None:
             raise DialError(f"service {self.name}: no chain and no forwarder to send to")
-        return await self._dial_forwarder(self.forwarder, key, exclude, min(timeout, 10.0))
+        return await self._dial_forwarder(route.first_hop, exclude, min(timeout, 10.0))
 
     async def _dial_node(self, addr: Address, target_name: str) -> Dialed:
         try:
@@ -170,11 +203,13 @@ class ServiceRuntime:
             raise DialError(f"{target_name}: {exc or type(exc).__name__}", target_name) from exc
 
     async def _dial_forwarder(
-        self, group: NodeGroup, key: str | None, exclude: frozenset[str], timeout: float
+        self, candidates: list[NodeState], exclude: frozenset[str], timeout: float
     ) -> Dialed:
         loop = asyncio.get_running_loop()
+        group = self.forwarder
+        assert group is not None
         last = "no nodes"
-        for node in group.candidates(loop.time(), key):
+        for node in candidates:
             if node.name in exclude:
                 continue
             try:
@@ -196,6 +231,7 @@ class ServiceRuntime:
             self.forwarder.start_probes()
 
     async def stop(self) -> None:
+        self.upstream_pool.close_all()
         if self.chain is not None:
             await self.chain.stop_probes()
         if self.forwarder is not None:

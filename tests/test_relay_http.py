@@ -168,3 +168,18 @@ async def test_request_bodies_stream_upstream_chunked_and_large(
     assert large.status == 200
     assert len(json.loads(large.body)["body"]) == len(big)
     assert core.runtime("core").stats.connections_total == 1  # one upstream, kept alive
+
+
+async def test_new_client_connections_reuse_idle_tunnels(
+    start_node: StartNode, origin: int
+) -> None:
+    """A stream that finds an idle tunnel starts at once: no TCP/TLS/relay set-up per client."""
+    core = await start_node(core_mapping("tcp", origin))
+    edge = await start_node(edge_mapping([hop_node("core-1", "tcp", core.bound_port("core"))]))
+
+    for _ in range(5):  # five clients, one after the other, each on its own connection
+        response = await request(edge.bound_port("edge"), "POST", "/v1/chat/completions", chat(3))
+        assert response.status == 200 and response.complete
+
+    assert edge.runtime("edge").stats.connections_total == 5
+    assert core.runtime("core").stats.connections_total == 1

@@ -23,6 +23,7 @@ from relay.config.model import HTTPHandlerOptions
 from relay.connector import RelayRefused
 from relay.handlers.http_upstream import UpstreamConnection
 from relay.policy import Verdict
+from relay.pool import UpstreamPool
 from relay.protocols import http1
 from relay.service import ServiceRuntime
 
@@ -283,6 +284,7 @@ class HttpConnection(asyncio.Protocol):
         self.service = service
         self.options = service.config.handler.http
         self.loop = asyncio.get_running_loop()
+        self._pool: UpstreamPool[UpstreamConnection] = service.upstream_pool
         self.transport: asyncio.Transport | None = None
         self.peer_ip = ""
         self.client_paused = False
@@ -294,7 +296,6 @@ class HttpConnection(asyncio.Protocol):
         self._queue: deque[Exchange] = deque()
         self._wakeup: asyncio.Event = asyncio.Event()
         self._active: Exchange | None = None  # being served
-        self._idle_upstream: UpstreamConnection | None = None
         self._worker: asyncio.Task[None] | None = None
         self._reading_paused: set[str] = set()
         self._keepalive_timer: asyncio.TimerHandle | None = None
@@ -357,9 +358,6 @@ class HttpConnection(asyncio.Protocol):
         for exchange in self._queue:
             exchange.client_gone()
         self._queue.clear()
-        if self._idle_upstream is not None:
-            self._idle_upstream.transport.close()
-            self._idle_upstream = None
         self._wakeup.set()
         self.service.closed(self, self.loop.time() - self._opened_at)
 
@@ -489,11 +487,12 @@ class HttpConnection(asyncio.Protocol):
             return exchange.body_done and self._refusal is None
         tried: set[str] = set()
         for _attempt in range(MAX_ATTEMPTS):
-            upstream = self._take_idle_upstream()
+            route = self.service.route(self.peer_ip)
+            upstream = None if tried else self._pool.take(route.pool_key, self.loop.time())
             if upstream is None:
                 try:
                     dialed = await self.service.connect_upstream(
-                        key=self.peer_ip, exclude=frozenset(tried)
+                        key=self.peer_ip, exclude=frozenset(tried), route=route
                     )
                 except DialError as exc:
                     if exchange.client_left:
@@ -504,13 +503,15 @@ class HttpConnection(asyncio.Protocol):
                 if exchange.client_left:
                     dialed.transport.close()
                     return False
-                upstream = UpstreamConnection(dialed.transport, dialed.node)
+                # Pooled under where it really leads: failover may have picked another node.
+                pool_key = (dialed.node, str(route.target))
+                upstream = UpstreamConnection(dialed.transport, dialed.node, pool_key)
                 dialed.pending.hand_over(upstream)
             exchange.bind(upstream)
             outcome = await exchange.done
             if outcome is Outcome.COMPLETE:
-                if upstream.reusable:
-                    self._idle_upstream = upstream
+                if upstream.reusable and not self.service.draining:
+                    self._pool.put(upstream.pool_key, upstream, self.loop.time())
                 else:
                     upstream.transport.close()
                 return True
@@ -529,12 +530,6 @@ class HttpConnection(asyncio.Protocol):
             )
         self.answer_error(exchange, 502, "bad_gateway", "no upstream accepted the request")
         return False
-
-    def _take_idle_upstream(self) -> UpstreamConnection | None:
-        upstream, self._idle_upstream = self._idle_upstream, None
-        if upstream is not None and (upstream.closed or upstream.transport.is_closing()):
-            return None
-        return upstream
 
     # --- helpers used by Exchange -----------------------------------------------------------
 

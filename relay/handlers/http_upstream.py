@@ -27,9 +27,13 @@ class UpstreamConnection(asyncio.Protocol):
     so the next request of the same client connection skips the tunnel set-up.
     """
 
-    def __init__(self, transport: asyncio.Transport, node: str) -> None:
+    def __init__(
+        self, transport: asyncio.Transport, node: str, pool_key: tuple[str, str] = ("", "")
+    ) -> None:
         self.transport = transport
         self.node = node
+        #: Where this connection leads (see ``Route.pool_key``), to pool it when idle.
+        self.pool_key = pool_key
         self.exchange: Exchange | None = None
         self.reusable = False
         self.closed = False
@@ -42,6 +46,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_sent = False
         #: The origin frames its body by closing the connection (no length, not chunked).
         self._close_delimited = False
+
+    def close(self) -> None:
+        self.transport.close()
 
     # --- exchange lifecycle -----------------------------------------------------------------
 
