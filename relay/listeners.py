@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Callable
+import ssl
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from relay.config.model import ServiceConfig, TLSConfig
+from relay.transports.base import LayeredTransport
+from relay.transports.proxied import ProxyHeaderReader
+from relay.transports.quic.options import QuicOptions
+from relay.transports.quic.server import serve_quic
 from relay.transports.tls import TUNNEL_ALPN, server_context
+from relay.transports.tls_layer import TLSLayerTransport
 from relay.transports.ws import ServerHandshake, WebSocketTransport
 
 ProtocolFactory = Callable[[], asyncio.Protocol]
@@ -19,7 +26,18 @@ WS_HANDSHAKE_TIMEOUT = 10.0
 
 
 class ListenerUnavailable(Exception):
-    """The listener type exists in the schema but not in this build (quic, http3)."""
+    """The listener type exists in the schema but not in this build (http3)."""
+
+
+class Listening(Protocol):
+    """What ``listen`` returns: an ``asyncio.Server``, or a ``QuicListener`` for quic."""
+
+    @property
+    def sockets(self) -> Sequence[Any]: ...
+
+    def close(self) -> None: ...
+
+    async def wait_closed(self) -> None: ...
 
 
 def _ws_factory(factory: ProtocolFactory, path: str, keepalive: float) -> ProtocolFactory:
@@ -30,6 +48,32 @@ def _ws_factory(factory: ProtocolFactory, path: str, keepalive: float) -> Protoc
         ws.start()
 
     return lambda: ServerHandshake(path, keepalive, on_open, WS_HANDSHAKE_TIMEOUT)
+
+
+def _attach(transport: LayeredTransport, factory: ProtocolFactory) -> None:
+    protocol = factory()
+    transport.set_protocol(protocol)
+    protocol.connection_made(transport)
+    transport.start()
+
+
+def _proxy_factory(
+    factory: ProtocolFactory, version: int, ssl_ctx: ssl.SSLContext | None
+) -> ProtocolFactory:
+    def on_ready(proxied: LayeredTransport) -> None:
+        if ssl_ctx is None:
+            _attach(proxied, factory)
+            return
+        tls = TLSLayerTransport(proxied, ssl_ctx, server_side=True)
+
+        def handshake_done(done: asyncio.Future[None]) -> None:
+            if done.exception() is None:
+                _attach(tls, factory)
+
+        tls.handshake.add_done_callback(handshake_done)
+        proxied.start()  # feed what followed the PROXY header into the TLS layer
+
+    return lambda: ProxyHeaderReader(version, on_ready)
 
 
 def _keepalive(service: ServiceConfig) -> float:
@@ -43,17 +87,25 @@ async def listen(
     base_dir: str,
     factory: ProtocolFactory,
     reuse_port: bool = False,
-) -> asyncio.Server:
+) -> Listening:
     """Start listening for ``service``; ``factory`` makes the handler protocol per connection.
 
     ``reuse_port`` (workers) lets several processes bind the same address; the kernel spreads
     connections across them. Raises ``OSError`` when the address cannot be bound.
     """
     kind = service.listener.type
-    if kind in ("quic", "http3"):
+    if kind == "http3":
         raise ListenerUnavailable(
             f"service {service.name}: {kind} listener is not available in this build"
         )
+    if kind == "quic":
+        quic_tls = service.listener.tls or default_tls
+        assert quic_tls is not None  # the loader refuses TLS listeners without certificates
+        options = QuicOptions.from_metadata(service.listener.metadata)
+        return await serve_quic(
+            service.addr.host or None, service.addr.port, quic_tls, base_dir, factory,
+            options, reuse_port,
+        )  # fmt: skip
     ssl_ctx = None
     if kind in ("tls", "wss"):
         tls = service.listener.tls or default_tls
@@ -63,6 +115,13 @@ async def listen(
     protocol_factory = factory
     if kind in ("ws", "wss"):
         protocol_factory = _ws_factory(factory, service.listener.path, _keepalive(service))
+    if service.listener.proxy_protocol:
+        # The balancer's header comes in clear before any TLS: read it first, then run TLS
+        # (if any) as a layer over the rest of the connection.
+        protocol_factory = _proxy_factory(
+            protocol_factory, service.listener.proxy_protocol, ssl_ctx
+        )
+        ssl_ctx = None
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
         protocol_factory,

@@ -21,8 +21,8 @@ from aioquic.quic.connection import (
     QuicConnection,
 )
 from aioquic.quic.events import ConnectionTerminated
-from aioquic.quic.packet_builder import QuicPacketBuilder
 from aioquic.quic.packet import QuicFrameType
+from aioquic.quic.packet_builder import QuicPacketBuilder
 from aioquic.quic.recovery import QuicPacketSpace
 from aioquic.quic.stream import QuicStream
 from aioquic.tls import SessionTicketHandler
@@ -115,7 +115,7 @@ class TunnelQuicConnection(QuicConnection):
                 handler=self._on_max_stream_data_delivery,
                 handler_args=(stream,),
             )
-            buf.push_uint_var(stream.stream_id)
+            buf.push_uint_var(stream.stream_id)  # type: ignore[arg-type]  # set for every stream
             buf.push_uint_var(stream.max_stream_data_local)
             stream.max_stream_data_local_sent = stream.max_stream_data_local
 
@@ -155,11 +155,16 @@ def grant(stream: QuicStream, consumed: int, window: int) -> bool:
     return False
 
 
-def unacked_bytes(stream: QuicStream) -> int:
-    """Bytes written to ``stream`` and not acknowledged yet (unsent ones included).
+def send_backlog(stream: QuicStream) -> tuple[int, int]:
+    """Bytes written to ``stream`` and not acknowledged yet (unsent ones included), and how many
+    of them lie within the peer's stream credit (the rest wait for the peer's reader).
 
-    aioquic keeps them in ``sender._buffer`` between these offsets; acknowledged bytes are
-    dropped from the front (aioquic#328: there is no public way to see this).
+    aioquic keeps them in ``sender._buffer`` between these offsets and drops acknowledged
+    bytes from the front; there is no public way to see this (aioquic#328).
     """
+    # DANGER ZONE: after every write and, for streams with a backlog, every acknowledgement.
     sender = stream.sender
-    return sender._buffer_stop - sender._buffer_start
+    start = sender._buffer_start
+    stop = sender._buffer_stop
+    credit = stream.max_stream_data_remote
+    return stop - start, (stop if stop < credit else credit) - start if credit > start else 0
