@@ -80,7 +80,8 @@ class Exchange:
         self.client_left = False
         #: Set when a policy refused the request: it is answered 429 and never sent upstream.
         self.refusal: Verdict | None = None
-        self._timers: list[asyncio.TimerHandle] = []
+        #: The one timer of this exchange; see ``_check_deadlines``.
+        self._timer: asyncio.TimerHandle | None = None
 
     # --- request body (from the client parser) ----------------------------------------------
 
@@ -135,18 +136,52 @@ class Exchange:
         if self.conn.client_paused:
             upstream.transport.pause_reading()
         self.sent_at = loop.time()
-        self._arm(self.options.ttfb_timeout, self._ttfb_expired)
-        if self.options.total_timeout > 0:
-            remaining = self.options.total_timeout - (self.sent_at - self.started_at)
-            self._arm(max(remaining, 0.0), self._total_expired)
+        self._arm(self._next_deadline())
 
-    def _arm(self, delay: float, callback: object) -> None:
-        self._timers.append(self.conn.loop.call_later(delay, callback))  # type: ignore[arg-type]
+    # --- timeouts ---------------------------------------------------------------------------
+    # DANGER ZONE: one timer per exchange, re-armed lazily. The per-chunk path only stores
+    # ``last_activity``; when the timer fires it works out which deadline (if any) has passed
+    # and sleeps again until the next one. Three timers (TTFB, idle, total) would cost a
+    # TimerHandle per chunk, or three per request.
+
+    def _next_deadline(self) -> float:
+        options = self.options
+        if self.first_byte_at:
+            deadline = self.last_activity + options.idle_timeout
+        else:
+            # Wake at least every idleTimeout even before the first byte: a response that
+            # starts while we sleep must have its idle deadline checked in time.
+            now = self.conn.loop.time()
+            deadline = min(self.sent_at + options.ttfb_timeout, now + options.idle_timeout)
+        if options.total_timeout > 0:
+            deadline = min(deadline, self.started_at + options.total_timeout)
+        return deadline
+
+    def _arm(self, deadline: float) -> None:
+        self._timer = self.conn.loop.call_at(deadline, self._check_deadlines)
 
     def _cancel_timers(self) -> None:
-        for timer in self._timers:
-            timer.cancel()
-        self._timers.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _check_deadlines(self) -> None:
+        self._timer = None
+        if self.done.done():
+            return
+        now = self.conn.loop.time()
+        options = self.options
+        if options.total_timeout > 0 and now >= self.started_at + options.total_timeout:
+            message = f"exchange exceeded totalTimeout ({options.total_timeout:g}s)"
+            self._fail(504, "gateway_timeout", message, reason="total_timeout")
+        elif not self.first_byte_at and now >= self.sent_at + options.ttfb_timeout:
+            message = f"no response within ttfbTimeout ({options.ttfb_timeout:g}s)"
+            self._fail(504, "gateway_timeout", message, reason="ttfb_timeout")
+        elif self.first_byte_at and now >= self.last_activity + options.idle_timeout:
+            message = f"upstream idle for {options.idle_timeout:g}s (idleTimeout)"
+            self._fail(504, "gateway_timeout", message, reason="idle_timeout")
+        else:
+            self._arm(self._next_deadline())
 
     # --- events from the upstream connection ------------------------------------------------
 
@@ -156,9 +191,6 @@ class Exchange:
         if not self.first_byte_at:
             self.first_byte_at = now
             self.conn.service.stats.ttfb.observe(now - self.sent_at)
-            for timer in self._timers[:1]:  # the TTFB timer is armed first
-                timer.cancel()
-            self._arm(self.options.idle_timeout, self._idle_check)
 
     def response_started(self, status: int, head: bytes) -> None:
         self.status = status
@@ -204,35 +236,6 @@ class Exchange:
 
     def resume_client_reading(self) -> None:
         self.conn.resume_reading_for_body()
-
-    # --- timeouts ---------------------------------------------------------------------------
-
-    def _ttfb_expired(self) -> None:
-        if not self.first_byte_at:
-            self._fail(
-                504, "gateway_timeout",
-                f"no response within ttfbTimeout ({self.options.ttfb_timeout:g}s)",
-                reason="ttfb_timeout",
-            )  # fmt: skip
-
-    def _idle_check(self) -> None:
-        # One timer per exchange, re-armed lazily: the per-chunk path only stores a timestamp.
-        idle = self.conn.loop.time() - self.last_activity
-        if idle >= self.options.idle_timeout:
-            self._fail(
-                504, "gateway_timeout",
-                f"upstream idle for {self.options.idle_timeout:g}s (idleTimeout)",
-                reason="idle_timeout",
-            )  # fmt: skip
-        else:
-            self._arm(self.options.idle_timeout - idle, self._idle_check)
-
-    def _total_expired(self) -> None:
-        self._fail(
-            504, "gateway_timeout",
-            f"exchange exceeded totalTimeout ({self.options.total_timeout:g}s)",
-            reason="total_timeout",
-        )  # fmt: skip
 
     # --- endings ----------------------------------------------------------------------------
 
@@ -299,7 +302,10 @@ class HttpConnection(asyncio.Protocol):
         self._worker: asyncio.Task[None] | None = None
         self._reading_paused: set[str] = set()
         self._keepalive_timer: asyncio.TimerHandle | None = None
+        #: When the connection last became idle; None while a request is in progress.
+        self._idle_since: float | None = None
         self._closing = False
+        self._corked: list[bytes] | None = None
         self._opened_at = 0.0
         #: Admitted by the connection policies: owes them one release at the end.
         self._admitted = False
@@ -394,10 +400,7 @@ class HttpConnection(asyncio.Protocol):
         self._head_bytes += len(name) + len(value) + 4
 
     def on_headers_complete(self) -> None:
-        # The keep-alive timer also bounds how long a request head may take to arrive.
-        if self._keepalive_timer is not None:
-            self._keepalive_timer.cancel()
-            self._keepalive_timer = None
+        self._idle_since = None  # busy until the exchange is done
         if self._head_bytes > self.options.max_header_size:
             return  # answered with 431 once feed_data returns
         parser = self._parser
@@ -534,9 +537,24 @@ class HttpConnection(asyncio.Protocol):
     # --- helpers used by Exchange -----------------------------------------------------------
 
     def write(self, data: bytes) -> None:
-        if self.transport is not None:
-            self.transport.write(data)
+        if self._corked is not None:
+            self._corked.append(data)
+            return
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
             self.service.stats.bytes_out += len(data)
+
+    def cork(self) -> None:
+        """Collect writes until ``uncork``: what one upstream read produces (response head,
+        body, last chunk) leaves in one system call instead of three. Nothing waits longer:
+        ``uncork`` runs at the end of the same callback."""
+        self._corked = []
+
+    def uncork(self) -> None:
+        chunks, self._corked = self._corked, None
+        if chunks:
+            self.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
 
     def abort(self) -> None:
         self._closing = True
@@ -588,6 +606,23 @@ class HttpConnection(asyncio.Protocol):
         self.transport.close()
 
     def _arm_keepalive(self) -> None:
-        if self._keepalive_timer is not None:
-            self._keepalive_timer.cancel()
-        self._keepalive_timer = self.loop.call_later(self.options.keepalive_timeout, self.close)
+        """The connection is idle from now on. One lazily re-armed timer per connection closes
+        it after ``keepaliveTimeout`` idle (which also bounds how long a request head may take
+        to arrive); requests only store a timestamp."""
+        self._idle_since = self.loop.time()
+        if self._keepalive_timer is None:
+            self._keepalive_timer = self.loop.call_at(
+                self._idle_since + self.options.keepalive_timeout, self._keepalive_check
+            )
+
+    def _keepalive_check(self) -> None:
+        self._keepalive_timer = None
+        if self._closing:
+            return
+        timeout = self.options.keepalive_timeout
+        since = self._idle_since
+        due = self.loop.time() + timeout if since is None else since + timeout  # busy: later
+        if self.loop.time() >= due:
+            self.close()
+        else:
+            self._keepalive_timer = self.loop.call_at(due, self._keepalive_check)

@@ -68,11 +68,15 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.abort()
             return
         exchange.upstream_activity(len(data))
+        conn = exchange.conn
+        conn.cork()
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
             exchange.upstream_failed(f"invalid response from upstream: {exc}")
             self.transport.abort()
+        finally:
+            conn.uncork()
 
     def eof_received(self) -> bool:
         return False  # close: a response without framing ends here (handled in connection_lost)
