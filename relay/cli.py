@@ -41,6 +41,11 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="validate a config file; exit 0 if valid, 1 if not")
     check.add_argument("-C", "--config", required=True, help="relay config file (YAML)")
 
+    # The node agent (relay/agent; DESIGN §5).
+    agent = commands.add_parser("agent", help="run the node agent beside the relay")
+    agent.add_argument("--config", required=True, help="agent config file (YAML)")
+    agent.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+
     commands.add_parser(
         "dev-origin", add_help=False, help="run the LLM-like test origin (see dev-origin --help)"
     )
@@ -56,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "check":
         return _check(args.config)
+    if args.command == "agent":
+        from relay.agent.main import run_agent
+
+        return run_agent(args.config, args.log_level)
     return _run(args)
 
 
@@ -197,6 +206,11 @@ async def _serve(
         watchdog.cancel()
     log.info("stopping: draining open connections for up to %gs", node.config.shutdown_timeout)
     await node.stop()
+    # QUIC tunnels are shared by the whole process (one per core node): close them last, so
+    # cores see a clean close instead of waiting out the idle timeout.
+    from relay.transports.quic.client import tunnel_pool
+
+    tunnel_pool().close()
     return 0
 
 
