@@ -36,3 +36,34 @@ bench: venv
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# --- Ansible (issue 7) ----------------------------------------------------------------------
+# The Ansible side: the [ansible] extra, the molecule image (podman, runc, debootstrap from apt;
+# .ci/run installs them), lint, sanity and the collection artifact. `make test` runs
+# tests/ansible too once the extra is installed; test-ansible runs only those.
+ANSIBLE_STAMP := $(VENV)/.installed-ansible
+ANSIBLE_ENV   := PATH="$(CURDIR)/$(VENV)/bin:$$PATH"
+
+.PHONY: venv-ansible molecule-image test-ansible lint-ansible sanity-ansible collection
+
+venv-ansible: $(ANSIBLE_STAMP)
+
+$(ANSIBLE_STAMP): pyproject.toml | $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,ansible]'
+	touch $@
+
+molecule-image:
+	bash molecule/image/build.sh
+
+test-ansible: venv-ansible molecule-image
+	$(ANSIBLE_ENV) AICDN_REQUIRE_MOLECULE=1 $(PY) -m pytest -q tests/ansible
+
+lint-ansible: venv-ansible
+	$(ANSIBLE_ENV) ansible-lint --offline --profile production
+
+sanity-ansible: venv-ansible
+	$(ANSIBLE_ENV) bash collections/sanity.sh
+
+collection: venv-ansible
+	$(ANSIBLE_ENV) bash collections/build.sh
+# --- end Ansible ----------------------------------------------------------------------------
