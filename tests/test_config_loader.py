@@ -854,3 +854,20 @@ def test_proxy_protocol_and_trusted_proxies_are_checked() -> None:
     paths = [issue.path for issue in refused.value.issues]
     assert "services[0].listener.metadata.proxyProtocol" in paths
     assert "services[0].handler.metadata.trustedProxies[1]" in paths
+
+
+def test_quic_options_and_client_certificates_are_checked_up_front(tmp_path: Path) -> None:
+    cert = tmp_path / "c.pem"
+    cert.write_text("x")
+    data = minimal()
+    data["services"][0]["listener"] = {
+        "type": "quic",
+        "tls": {"certFile": str(cert), "keyFile": str(cert), "caFile": str(cert)},
+        "metadata": {"maxStreams": 0},
+    }
+    data["services"][0]["handler"] = {"type": "relay"}
+    with pytest.raises(ConfigError) as refused:
+        config_from_mapping(data)
+    paths = [issue.path for issue in refused.value.issues]
+    assert "services[0].listener.metadata.maxStreams" in paths
+    assert "services[0].listener.tls.caFile" in paths

@@ -78,6 +78,36 @@ def _check_service_tls(ctx: _Ctx, path: str, service: ServiceConfig, top: TLSCon
         )
 
 
+def _check_quic_metadata(ctx: _Ctx, path: str, kind: str, metadata: dict[str, object]) -> None:
+    """QUIC options (idleTimeout, maxStreams, zeroRTT, windows) are checked here, not first
+    when a node dials or listens. ``path`` is the listener's or dialer's path."""
+    if kind not in ("quic", "http3"):
+        return
+    from relay.transports.quic.options import QuicOptions  # aioquic only when QUIC is used
+
+    try:
+        QuicOptions.from_metadata(metadata)
+    except ValueError as exc:
+        where, _, message = str(exc).partition(": ")
+        ctx.error(_key(path, where), message or str(exc))
+
+
+def _check_quic_listener(
+    ctx: _Ctx, path: str, service: ServiceConfig, top: TLSConfig | None
+) -> None:
+    listener = service.listener
+    _check_quic_metadata(ctx, _key(path, "listener"), listener.type, listener.metadata)
+    tls = listener.tls or top
+    if listener.type in ("quic", "http3") and tls is not None and tls.ca_file and tls.cert_file:
+        # aioquic neither requests nor verifies client certificates: a caFile here would
+        # look like mutual TLS while letting every client in.
+        ctx.error(
+            _key(path, "listener.tls.caFile"),
+            f"client certificates are not supported on {listener.type} listeners; "
+            "authenticate tunnel clients with handler.auth",
+        )
+
+
 def _check_ports(ctx: _Ctx, sockets: list[tuple[str, str, Address]]) -> None:
     """Two listening sockets (path, protocol, address) clash on the same protocol and port
     when their hosts overlap; "" and the wildcard addresses overlap every host."""

@@ -11,6 +11,7 @@ from typing import TypeVar
 from relay.config.chains import _chain
 from relay.config.checks import (
     _check_ports,
+    _check_quic_listener,
     _check_service_tls,
     _defined_names,
     _listening_sockets,
@@ -134,6 +135,7 @@ def _build_top(ctx: _Ctx, top: dict[str, object]) -> RelayConfig:
     services = _named(ctx, top, "services", _service, "service")
     for path, service in services:
         _check_service_tls(ctx, path, service, tls)
+        _check_quic_listener(ctx, path, service, tls)
     _check_ports(ctx, _listening_sockets(services, api, metrics))
     return RelayConfig(
         services=tuple(service for _, service in services),
