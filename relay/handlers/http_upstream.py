@@ -14,7 +14,7 @@ import httptools
 from relay.protocols import http1
 
 if TYPE_CHECKING:
-    from relay.handlers.http import Exchange
+    from relay.handlers.http_exchange import Exchange
 
 _NO_BODY_STATUS = (204, 304)
 _SSE = b"text/event-stream"

@@ -1,0 +1,273 @@
+"""One HTTP exchange of the ``http`` handler: a request from its head to its response's end.
+
+An ``Exchange`` owns what happens to one request: its body on the way up (kept for a retry
+while it is small and no byte can have reached an origin), its timers (TTFB, idle, total),
+and how it ends (complete, retry on another node, or failed with an answer the client sees).
+The ``HttpConnection`` that parsed it serves exchanges one after another.
+"""
+
+from __future__ import annotations
+
+import logging
+from enum import Enum
+from typing import TYPE_CHECKING
+
+from relay.config.model import HTTPHandlerOptions
+from relay.connector import RelayRefused
+from relay.policy import Verdict
+from relay.protocols import http1
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from relay.handlers.http import HttpConnection
+    from relay.handlers.http_upstream import UpstreamConnection
+
+log = logging.getLogger(__name__)
+
+
+class Outcome(Enum):
+    COMPLETE = "complete"  # response delivered in full
+    RETRY = "retry"  # nothing reached an origin; another node may serve it
+    FAILED = "failed"  # answered with an error, or the response broke off
+
+
+class Exchange:
+    """One request/response pair, from the client's request head to the response's end."""
+
+    def __init__(
+        self,
+        conn: HttpConnection,
+        method: bytes,
+        head: bytes,
+        request_id: bytes,
+        keep_alive: bool,
+        body_chunked: bool,
+    ) -> None:
+        self.conn = conn
+        self.method = method
+        self.is_head = method == b"HEAD"
+        self.request_id = request_id
+        self.client_keep_alive = keep_alive
+        self.body_chunked = body_chunked
+        self.options: HTTPHandlerOptions = conn.service.config.handler.http
+        self.head = head
+        self.body_done = False
+        self.body_bytes = 0
+        self._pending_body: list[bytes] = []
+        self._pending_size = 0
+        #: What has been sent upstream, kept for a retry until it outgrows ``retry_buffer``.
+        self.retained: list[bytes] | None = [head]
+        self._retained_size = len(head)
+        self.upstream: UpstreamConnection | None = None
+        self.done: asyncio.Future[Outcome] = conn.loop.create_future()
+        self.status = 0
+        self.response_bytes = 0
+        self.started_at = conn.loop.time()
+        self.sent_at = 0.0
+        self.first_byte_at = 0.0
+        self.last_activity = 0.0
+        self.response_begun = False
+        self.client_left = False
+        #: Set when a policy refused the request: it is answered 429 and never sent upstream.
+        self.refusal: Verdict | None = None
+        #: The one timer of this exchange; see ``_check_deadlines``.
+        self._timer: asyncio.TimerHandle | None = None
+
+    # --- request body (from the client parser) ----------------------------------------------
+
+    def feed_body(self, data: bytes) -> None:
+        self.body_bytes += len(data)
+        if self.refusal is not None:
+            return  # a refused request's body is read and dropped
+        self._send_upstream(http1.chunk(data) if self.body_chunked else data)
+
+    def end_body(self) -> None:
+        self.body_done = True
+        if self.body_chunked and self.refusal is None:
+            self._send_upstream(http1.LAST_CHUNK)
+
+    def _send_upstream(self, data: bytes) -> None:
+        self.conn.service.stats.bytes_in += len(data)
+        self._retain(data)
+        upstream = self.upstream
+        if upstream is not None and not upstream.closed:
+            upstream.transport.write(data)
+            return
+        self._pending_body.append(data)
+        self._pending_size += len(data)
+        if self._pending_size > self.conn.service.config.buffer_size:
+            self.conn.pause_reading_for_body()
+
+    def _retain(self, data: bytes) -> None:
+        if self.retained is None:
+            return
+        self._retained_size += len(data)
+        if self._retained_size > self.options.retry_buffer:
+            self.retained = None
+        else:
+            self.retained.append(data)
+
+    # --- attaching an upstream --------------------------------------------------------------
+
+    def bind(self, upstream: UpstreamConnection) -> None:
+        """Send everything so far to ``upstream`` and start the response timers."""
+        loop = self.conn.loop
+        self.upstream = upstream
+        upstream.attach(self)
+        if self.done.done():  # a retry: start over with a fresh outcome
+            self.done = loop.create_future()
+        payload = b"".join(self.retained) if self.retained is not None else None
+        if payload is None:
+            payload = self.head + b"".join(self._pending_body)
+        self._pending_body.clear()
+        self._pending_size = 0
+        upstream.transport.write(payload)
+        self.conn.resume_reading_for_body()
+        if self.conn.client_paused:
+            upstream.transport.pause_reading()
+        self.sent_at = loop.time()
+        self._arm(self._next_deadline())
+
+    # --- timeouts ---------------------------------------------------------------------------
+    # DANGER ZONE: one timer per exchange, re-armed lazily. The per-chunk path only stores
+    # ``last_activity``; when the timer fires it works out which deadline (if any) has passed
+    # and sleeps again until the next one. Three timers (TTFB, idle, total) would cost a
+    # TimerHandle per chunk, or three per request.
+
+    def _next_deadline(self) -> float:
+        options = self.options
+        if self.first_byte_at:
+            deadline = self.last_activity + options.idle_timeout
+        else:
+            # Wake at least every idleTimeout even before the first byte: a response that
+            # starts while we sleep must have its idle deadline checked in time.
+            now = self.conn.loop.time()
+            deadline = min(self.sent_at + options.ttfb_timeout, now + options.idle_timeout)
+        if options.total_timeout > 0:
+            deadline = min(deadline, self.started_at + options.total_timeout)
+        return deadline
+
+    def _arm(self, deadline: float) -> None:
+        self._timer = self.conn.loop.call_at(deadline, self._check_deadlines)
+
+    def _cancel_timers(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _check_deadlines(self) -> None:
+        self._timer = None
+        if self.done.done():
+            return
+        now = self.conn.loop.time()
+        options = self.options
+        if options.total_timeout > 0 and now >= self.started_at + options.total_timeout:
+            message = f"exchange exceeded totalTimeout ({options.total_timeout:g}s)"
+            self._fail(504, "gateway_timeout", message, reason="total_timeout")
+        elif not self.first_byte_at and now >= self.sent_at + options.ttfb_timeout:
+            message = f"no response within ttfbTimeout ({options.ttfb_timeout:g}s)"
+            self._fail(504, "gateway_timeout", message, reason="ttfb_timeout")
+        elif self.first_byte_at and now >= self.last_activity + options.idle_timeout:
+            message = f"upstream idle for {options.idle_timeout:g}s (idleTimeout)"
+            self._fail(504, "gateway_timeout", message, reason="idle_timeout")
+        else:
+            self._arm(self._next_deadline())
+
+    # --- events from the upstream connection ------------------------------------------------
+
+    def upstream_activity(self, nbytes: int) -> None:
+        now = self.conn.loop.time()
+        self.last_activity = now
+        if not self.first_byte_at:
+            self.first_byte_at = now
+            self.conn.service.stats.ttfb.observe(now - self.sent_at)
+
+    def response_started(self, status: int, head: bytes) -> None:
+        self.status = status
+        self.response_begun = True
+        self.conn.write(head)
+
+    def send_to_client(self, data: bytes) -> None:
+        self.conn.write(data)
+
+    def send_body(self, data: bytes, payload_len: int) -> None:
+        self.response_bytes += payload_len
+        self.conn.write(data)
+
+    def response_complete(self, reusable: bool) -> None:
+        if self.done.done():
+            return
+        self._cancel_timers()
+        assert self.upstream is not None
+        self.upstream.reusable = reusable and self.body_done and not self.upstream.closed
+        self.upstream.exchange = None
+        self._record(self.status)
+        self.done.set_result(Outcome.COMPLETE)
+
+    def upstream_failed(self, message: str) -> None:
+        self._fail(502, "bad_gateway", message, reason="protocol")
+
+    def upstream_lost(self, exc: Exception | None) -> None:
+        if self.done.done():
+            return
+        if isinstance(exc, RelayRefused) and not self.response_begun:
+            node = self.upstream.node if self.upstream else ""
+            self.conn.service.metrics.upstream_error(self.conn.service.name, node, "refused")
+            self._cancel_timers()
+            self.done.set_result(Outcome.RETRY)
+            return
+        message = (
+            f"upstream closed the connection ({exc})" if exc else "upstream closed the connection"
+        )
+        self._fail(502, "bad_gateway", message, reason="reset")
+
+    def pause_client_reading(self) -> None:
+        self.conn.pause_reading_for_body()
+
+    def resume_client_reading(self) -> None:
+        self.conn.resume_reading_for_body()
+
+    # --- endings ----------------------------------------------------------------------------
+
+    def _fail(self, status: int, error: str, message: str, reason: str) -> None:
+        """End the exchange with an error the client can see.
+
+        Before the response began: a JSON error answer. After: the client connection is
+        aborted, so the client sees a broken stream, never a clean (truncated) end.
+        """
+        if self.done.done():
+            return
+        self._cancel_timers()
+        service = self.conn.service
+        node = self.upstream.node if self.upstream else ""
+        service.metrics.upstream_error(service.name, node, reason)
+        log.warning("service %s request %s: %s", service.name, self.request_id.decode(), message)
+        if self.upstream is not None:
+            self.upstream.exchange = None
+            self.upstream.transport.abort()
+        if self.response_begun:
+            self._record(self.status)
+            self.conn.abort()
+        else:
+            self.conn.answer_error(self, status, error, message)
+        if not self.done.done():
+            self.done.set_result(Outcome.FAILED)
+
+    def client_gone(self) -> None:
+        self.client_left = True
+        if self.done.done():
+            return
+        self._cancel_timers()
+        if self.upstream is not None:
+            self.upstream.exchange = None
+            self.upstream.transport.abort()
+        self._record(499)
+        self.done.set_result(Outcome.FAILED)
+
+    def _record(self, status: int) -> None:
+        stats = self.conn.service.stats
+        stats.count_request(status)
+        stats.request_duration.observe(self.conn.loop.time() - self.started_at)
+        stats.request_size.observe(self.body_bytes)
+        stats.response_size.observe(self.response_bytes)
