@@ -74,8 +74,8 @@ class _TunnelConnection(asyncio.Protocol):
         if self._admitted:
             self._admitted = False
             self.service.release_connection(self.peer_ip)
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
+        # A dial in progress is not cancelled: its connection would be lost with it. It is
+        # bounded by the dialer's timeout, and closed when it completes (see _splice).
         if self._upstream is None:
             self._finished()
 
@@ -103,7 +103,7 @@ class _TunnelConnection(asyncio.Protocol):
         """Send ``first`` upstream (behind the relay header, if any), then forward both ways."""
         client = self.transport
         assert client is not None
-        if self._lost:
+        if self._lost or client.is_closing():
             dialed.transport.close()
             self._finished()
             return
@@ -216,8 +216,9 @@ class RelayServerConnection(_TunnelConnection):
             self._refuse(Status.SERVICE_UNAVAILABLE, None)
             return
         assert self.transport is not None
-        self.transport.write(relay_v1.encode_response(Status.OK))
-        self._splice(dialed, self._take_early())
+        if not self._lost and not self.transport.is_closing():
+            self.transport.write(relay_v1.encode_response(Status.OK))
+        self._splice(dialed, self._take_early())  # closes the upstream if the client left
 
     def _refuse(self, status: Status, blocked_reason: str | None) -> None:
         if blocked_reason is not None:
