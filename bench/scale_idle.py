@@ -42,6 +42,22 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _wait_listening(ports: list[int], procs: list[subprocess.Popen[bytes]], timeout: float) -> None:
+    """Fail loudly unless every port accepts connections while its process lives."""
+    deadline = time.monotonic() + timeout
+    for port in ports:
+        while True:
+            if any(proc.poll() is not None for proc in procs):
+                raise SystemExit("a relay process exited during start-up; see its log above")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"nothing listens on port {port} after {timeout:g}s") from None
+                time.sleep(0.2)
+
+
 def _tree_rss_kib(pid: int) -> int:
     """RSS of ``pid`` and its children (a supervisor and its workers)."""
     total = 0
@@ -150,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         core = subprocess.Popen([PY, "-m", "relay", "run", "-C", str(tmp / "core.yaml")])
         edge = subprocess.Popen([PY, "-m", "relay", "run", "-C", str(tmp / "edge.yaml")])
         started += [core, edge]
-        time.sleep(3 + workers * 0.3)
+        _wait_listening([edge_port, core_port], [edge, core], timeout=30 + workers)
+        time.sleep(workers * 0.3)  # the other workers of each supervisor
         base_edge, base_core = _tree_rss_kib(edge.pid), _tree_rss_kib(core.pid)
         t0 = time.monotonic()
         per_client = -(-n // procs)
