@@ -26,7 +26,8 @@ from relay.config.model import (
 from relay.connector import RelayClientTransport
 from relay.protocols import relay_v1
 from relay.transports.base import LayeredTransport, PendingProtocol, TransportError, set_nodelay
-from relay.transports.quic.client import open_quic_stream
+from relay.transports.quic.client import open_quic_stream, probe_quic
+from relay.transports.quic.options import QuicOptions
 from relay.transports.tls import TUNNEL_ALPN, client_context
 from relay.transports.tls_layer import tls_over
 from relay.transports.ws import client_upgrade
@@ -229,13 +230,21 @@ def _attach_pending(transport: asyncio.Transport) -> PendingProtocol:
 
 
 class Chain:
-    """Runtime form of a chain config; holds the nodes' health across connections."""
+    """Runtime form of a chain config; holds the nodes' health across connections.
+
+    A QUIC node that a failed dial benched is re-probed in the background (``_reprobe``)
+    until it answers, then un-benched: a hop listing a QUIC and a WSS/TLS node for the same
+    core falls back to TCP while UDP is blocked and moves back to QUIC once it passes again.
+    """
 
     def __init__(self, config: ChainConfig, base_dir: str) -> None:
         self.config = config
         self.name = config.name
         self.base_dir = base_dir
         self.hops = [NodeGroup(h.name, h.nodes, h.selector, h.probe) for h in config.hops]
+        #: Re-probes of benched QUIC nodes, by node name.
+        self._reprobes: dict[str, asyncio.Task[None]] = {}
+        self._stopped = False
 
     async def dial(
         self,
@@ -266,6 +275,8 @@ class Chain:
                 last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                 last_node = node.name
                 log.warning("chain %s: node %s failed: %s", self.name, node.name, last_error)
+                if node.config.dialer.type == "quic" and not node.available(loop.time()):
+                    self._reprobe_later(node)
                 continue
             node.mark_ok()
             return Dialed(tunnel, _attach_pending(tunnel), node.name, tunnel)
@@ -298,11 +309,57 @@ class Chain:
         assert isinstance(transport, RelayClientTransport)
         return transport
 
+    def _reprobe_later(self, node: NodeState) -> None:
+        if self._stopped or node.name in self._reprobes:
+            return
+        task = asyncio.get_running_loop().create_task(self._reprobe(node))
+        self._reprobes[node.name] = task
+        task.add_done_callback(lambda _: self._reprobes.pop(node.name, None))
+
+    async def _reprobe(self, node: NodeState) -> None:
+        """Try a QUIC handshake with benched ``node`` every ``reprobeInterval`` (dialer
+        metadata, default 10s) until one succeeds, then un-bench it: its connection is then
+        pooled, so the next stream uses QUIC without waiting for a handshake.
+
+        Until then the node stays benched past ``failTimeout``, up to the end of the next
+        probe: when UDP is blocked silently, a client trying the node again would wait out the
+        whole handshake timeout before falling back, every ``failTimeout``. (cloudflared falls
+        back to HTTP/2 for good, cloudflared#1534; we come back.) Ends early when a dial of the
+        node succeeded meanwhile; cancelled by ``stop_probes``.
+        """
+        loop = asyncio.get_running_loop()
+        dialer = node.config.dialer
+        try:
+            interval = QuicOptions.from_metadata(dialer.metadata).reprobe_interval
+        except ValueError:  # refused by the loader already; the dial reports it too
+            return
+        while True:
+            node.failed_until = max(node.failed_until, loop.time() + interval + dialer.timeout)
+            await asyncio.sleep(interval)
+            if node.fails == 0:
+                return  # a client's dial got through meanwhile
+            try:
+                await probe_quic(node.config.addr, dialer, self.base_dir)
+            except (OSError, TimeoutError, ssl.SSLError, TransportError) as exc:
+                log.debug("chain %s: QUIC node %s still unreachable: %s", self.name, node.name, exc)
+                continue
+            log.info(
+                "chain %s: QUIC node %s answers again; new streams use it", self.name, node.name
+            )
+            node.mark_ok()
+            return
+
     def start_probes(self) -> None:
+        self._stopped = False
         for hop in self.hops:
             hop.start_probes()
 
     async def stop_probes(self) -> None:
+        self._stopped = True
+        tasks = list(self._reprobes.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         for hop in self.hops:
             await hop.stop_probes()
 

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 from relay.config.model import ServiceConfig, TLSConfig
 from relay.transports.base import LayeredTransport
 from relay.transports.proxied import ProxyHeaderReader
+from relay.transports.quic import h3
 from relay.transports.quic.options import QuicOptions
 from relay.transports.quic.server import serve_quic
 from relay.transports.tls import TUNNEL_ALPN, server_context
@@ -26,7 +27,8 @@ WS_HANDSHAKE_TIMEOUT = 10.0
 
 
 class ListenerUnavailable(Exception):
-    """The listener type exists in the schema but not in this build (http3)."""
+    """The listener type exists in the schema but cannot serve this service (an ``http3``
+    listener with a handler other than ``http``)."""
 
 
 class Listening(Protocol):
@@ -94,17 +96,23 @@ async def listen(
     connections across them. Raises ``OSError`` when the address cannot be bound.
     """
     kind = service.listener.type
-    if kind == "http3":
-        raise ListenerUnavailable(
-            f"service {service.name}: {kind} listener is not available in this build"
-        )
-    if kind == "quic":
+    if kind in ("quic", "http3"):
         quic_tls = service.listener.tls or default_tls
         assert quic_tls is not None  # the loader refuses TLS listeners without certificates
         options = QuicOptions.from_metadata(service.listener.metadata)
+        if kind == "quic":
+            return await serve_quic(
+                service.addr.host or None, service.addr.port, quic_tls, base_dir, factory,
+                options, reuse_port,
+            )  # fmt: skip
+        if service.handler.type != "http":
+            raise ListenerUnavailable(
+                f"service {service.name}: an http3 listener serves the http handler only"
+            )
+        # Each H3 request stream is presented to the http handler as an HTTP/1.1 connection.
         return await serve_quic(
             service.addr.host or None, service.addr.port, quic_tls, base_dir, factory,
-            options, reuse_port,
+            options, reuse_port, alpn=h3.ALPN, listener_type=h3.H3Listener,
         )  # fmt: skip
     ssl_ctx = None
     if kind in ("tls", "wss"):

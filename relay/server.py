@@ -60,6 +60,22 @@ def _policy_configs(service: ServiceConfig, config: RelayConfig) -> tuple[object
     )
 
 
+def _alt_svc(service: ServiceConfig, config: RelayConfig) -> bytes | None:
+    """``Alt-Svc`` for an http service on TLS when an http3 service with the same handler
+    listens on the same port number (UDP), so clients learn they can switch to HTTP/3."""
+    port = service.addr.port
+    if service.listener.type != "tls" or service.handler.type != "http" or not port:
+        return None
+    for other in config.services:
+        if (
+            other.listener.type == "http3"
+            and other.handler.type == service.handler.type
+            and other.addr.port == port
+        ):
+            return b'h3=":%d"; ma=86400' % port
+    return None
+
+
 def _listener_key(service: ServiceConfig) -> tuple[object, ...]:
     """What must be equal for a service to keep its listening socket across a reload."""
     return (service.addr, service.listener)
@@ -285,7 +301,9 @@ class RelayNode:
     ) -> ServiceRuntime:
         chain = chains[service.handler.chain] if service.handler.chain else None
         policies = self._service_policies(service, config)
-        return ServiceRuntime(service, chain, self.metrics, config.base_dir, policies)
+        runtime = ServiceRuntime(service, chain, self.metrics, config.base_dir, policies)
+        runtime.alt_svc = _alt_svc(service, config)
+        return runtime
 
     def _service_policies(
         self, service: ServiceConfig, config: RelayConfig

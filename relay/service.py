@@ -78,6 +78,9 @@ class ServiceRuntime:
         self.upstream_pool: UpstreamPool[Any] = UpstreamPool()
         #: Set when the service stops accepting; handlers close idle keep-alive connections.
         self.draining = False
+        #: ``Alt-Svc`` value the http handler adds to responses (a tls service whose port
+        #: also serves HTTP/3; set by the node, which sees the whole config).
+        self.alt_svc: bytes | None = None
 
     # --- connection bookkeeping -------------------------------------------------------------
 

@@ -134,6 +134,11 @@ class UpstreamConnection(asyncio.Protocol):
             headers = [(n, v) for n, v in headers if n.lower() != b"cache-control"]
             headers.append((b"cache-control", b"no-cache"))
             headers.append((b"x-accel-buffering", b"no"))
+        alt_svc = exchange.conn.service.alt_svc
+        if alt_svc is not None:
+            # Ours replaces the origin's: it names where *this* host serves HTTP/3.
+            headers = [(n, v) for n, v in headers if n.lower() != b"alt-svc"]
+            headers.append((b"alt-svc", alt_svc))
         headers.append((b"x-request-id", exchange.request_id))
         headers.append((b"connection", b"keep-alive" if exchange.client_keep_alive else b"close"))
         self._head_sent = True

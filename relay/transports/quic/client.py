@@ -56,6 +56,14 @@ class QuicTunnelConnection:
         refused handshake, e.g. a certificate that does not verify) when the dial fails; the
         chain then tries its next node.
         """
+        link = await self.connect()
+        return link.open_stream()
+
+    async def connect(self) -> QuicLink:
+        """The current connection, dialed first when there is none (shared with concurrent
+        callers). Raises as ``open_stream``. The re-probe of a benched node calls this: the
+        connection it makes is the one the next stream uses, with no handshake to wait for.
+        """
         link = self._usable_link()
         if link is None:
             if self._dialing is None:
@@ -63,7 +71,7 @@ class QuicTunnelConnection:
                 self._dialing.add_done_callback(self._dial_done)
             # Shielded: one caller giving up must not cancel the dial the others wait for.
             link = await asyncio.shield(self._dialing)
-        return link.open_stream()
+        return link
 
     def close(self) -> None:
         """Close the current connection (its streams get ``connection_lost``)."""
@@ -183,6 +191,12 @@ def tunnel_key(addr: Address, dialer: DialerConfig, base_dir: str) -> TunnelKey:
     return TunnelKey(
         addr.host or "127.0.0.1", addr.port, dialer.tls, base_dir, options, dialer.timeout
     )
+
+
+async def probe_quic(addr: Address, dialer: DialerConfig, base_dir: str) -> None:
+    """Make sure the pooled tunnel to ``addr`` has a connection (dialing one if needed), as
+    new streams would. Raises as ``open_quic_stream`` when the node does not answer."""
+    await tunnel_pool().tunnel(tunnel_key(addr, dialer, base_dir)).connect()
 
 
 async def open_quic_stream(

@@ -78,7 +78,10 @@ class QuicLink(asyncio.DatagramProtocol):
     """Drives one ``TunnelQuicConnection`` (see the module docstring).
 
     ``on_stream`` (servers) receives each stream the peer opens, before its first bytes: it
-    must set the stream's protocol and call ``connection_made``.
+    must set the stream's protocol and call ``connection_made``. Only bidirectional streams,
+    unless ``accept_uni`` (HTTP/3 runs its control and QPACK streams one way): a protocol on a
+    unidirectional stream must keep it open on EOF (``eof_received`` true), as a stream we
+    cannot send on must not be closed (that would send a FIN).
     """
 
     def __init__(
@@ -86,11 +89,15 @@ class QuicLink(asyncio.DatagramProtocol):
         quic: TunnelQuicConnection,
         options: QuicOptions,
         on_stream: Callable[[QuicStreamTransport], None] | None = None,
+        accept_uni: bool = False,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.quic = quic
         self.options = options
         self._on_stream = on_stream
+        #: Stream ID bits that make a peer's stream unwanted: server-initiated ones (bit 0)
+        #: always, unidirectional ones (bit 1) unless asked for.
+        self._reject_bits = 1 if accept_uni else 3
         self._transport: asyncio.DatagramTransport | None = None
         #: Client links own a connected socket: datagrams go out without an address.
         self._own_socket = on_stream is None
@@ -330,9 +337,14 @@ class QuicLink(asyncio.DatagramProtocol):
 
     def _new_stream(self, event: StreamDataReceived) -> None:
         stream_id = event.stream_id
-        # Only the client opens streams (bidirectional, client-initiated: id % 4 == 0); data
-        # for a stream we finished already is a late retransmission.
-        if self._on_stream is None or stream_id & 3 or stream_id in self._finished_ids:
+        # Only the client opens streams (client-initiated: id % 4 == 0, or 2 for the
+        # unidirectional ones HTTP/3 uses); data for a stream we finished already is a late
+        # retransmission.
+        if (
+            self._on_stream is None
+            or stream_id & self._reject_bits
+            or stream_id in self._finished_ids
+        ):
             return
         state = self.quic.stream_state(stream_id)
         if state is None:
@@ -349,11 +361,12 @@ class QuicLink(asyncio.DatagramProtocol):
         stream.data_arrived(event.data, event.end_stream)
 
     def _handshake_completed(self, event: HandshakeCompleted) -> None:
-        if event.alpn_protocol != TUNNEL_ALPN:
+        wanted = self.quic.configuration.alpn_protocols or [TUNNEL_ALPN]
+        if event.alpn_protocol not in wanted:
             # aioquic's server refuses clients without a common ALPN; a client must check.
             self.close(
                 reason_phrase="ALPN mismatch",
-                exc=HandshakeError(f"QUIC peer {self._peer()} negotiated no {TUNNEL_ALPN}"),
+                exc=HandshakeError(f"QUIC peer {self._peer()} negotiated no {wanted[0]}"),
             )
             return
         self.session_resumed = event.session_resumed

@@ -37,7 +37,9 @@ class QuicOptions:
     (concurrent streams the peer may open, default 1024), ``zeroRTT`` (bool, default false:
     send a re-dialed connection's first requests as 0-RTT early data — replayable by an
     on-path attacker, hence off unless asked for), ``streamWindow`` and ``connectionWindow``
-    (receive windows in bytes, see ``STREAM_WINDOW`` and ``CONNECTION_WINDOW``).
+    (receive windows in bytes, see ``STREAM_WINDOW`` and ``CONNECTION_WINDOW``), and for
+    dialers ``reprobeInterval`` (duration, default 10s: how often a node benched after a failed
+    QUIC dial is re-tried in the background, see ``relay.chain``).
     """
 
     idle_timeout: float = 30.0
@@ -47,6 +49,7 @@ class QuicOptions:
     zero_rtt: bool = False
     stream_window: int = STREAM_WINDOW
     connection_window: int = CONNECTION_WINDOW
+    reprobe_interval: float = 10.0
 
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, object], keepalive: float = 0.0) -> QuicOptions:
@@ -73,6 +76,14 @@ class QuicOptions:
         zero_rtt = meta.get("zerortt", default.zero_rtt)
         if not isinstance(zero_rtt, bool):
             raise ValueError(f"metadata.zeroRTT: expected true or false, got {zero_rtt!r}")
+        reprobe = default.reprobe_interval
+        if "reprobeinterval" in meta:
+            try:
+                reprobe = parse_duration(meta["reprobeinterval"])
+            except ValueError as exc:
+                raise ValueError(f"metadata.reprobeInterval: {exc}") from None
+            if reprobe <= 0:
+                raise ValueError("metadata.reprobeInterval: must be positive")
         stream_window = _size(meta, "streamWindow", default.stream_window)
         connection_window = _size(meta, "connectionWindow", default.connection_window)
         if connection_window < stream_window:
@@ -84,6 +95,7 @@ class QuicOptions:
             zero_rtt=zero_rtt,
             stream_window=stream_window,
             connection_window=connection_window,
+            reprobe_interval=reprobe,
         )
 
 
@@ -101,10 +113,10 @@ def _path(base_dir: str, path: str) -> str:
     return path if os.path.isabs(path) else os.path.join(base_dir, path)
 
 
-def _base(options: QuicOptions, is_client: bool) -> QuicConfiguration:
+def _base(options: QuicOptions, is_client: bool, alpn: str) -> QuicConfiguration:
     return QuicConfiguration(
         is_client=is_client,
-        alpn_protocols=[TUNNEL_ALPN],
+        alpn_protocols=[alpn],
         idle_timeout=options.idle_timeout,
         max_data=options.connection_window,
         max_stream_data=options.stream_window,
@@ -118,7 +130,7 @@ def client_configuration(
     """TLS 1.3 (QUIC has no other) verifying the server against ``caFile`` (else the system
     store) and ``serverName`` (else ``host``), unless ``insecureSkipVerify``."""
     tls = tls or TLSConfig()
-    config = _base(options, is_client=True)
+    config = _base(options, is_client=True, alpn=TUNNEL_ALPN)
     config.server_name = tls.server_name or host
     if tls.insecure_skip_verify:
         config.verify_mode = ssl.CERT_NONE
@@ -134,11 +146,14 @@ def client_configuration(
     return config
 
 
-def server_configuration(tls: TLSConfig, base_dir: str, options: QuicOptions) -> QuicConfiguration:
-    """Server side. Raises ``ValueError`` without certificate and key, and for a ``caFile``:
-    on TLS listeners it requires client certificates, but aioquic's server (1.7.2) never asks
-    for one, nor verifies one against a CA. Accepting the setting would silently let every
-    client in, so it is refused; the relay handler's ``auth`` authenticates edges instead."""
+def server_configuration(
+    tls: TLSConfig, base_dir: str, options: QuicOptions, alpn: str = TUNNEL_ALPN
+) -> QuicConfiguration:
+    """Server side, offering ``alpn`` only (the tunnel's, or ``h3``). Raises ``ValueError``
+    without certificate and key, and for a ``caFile``: on TLS listeners it requires client
+    certificates, but aioquic's server (1.7.2) never asks for one, nor verifies one against a
+    CA. Accepting the setting would silently let every client in, so it is refused; the relay
+    handler's ``auth`` authenticates edges instead."""
     if not tls.cert_file or not tls.key_file:
         raise ValueError("a QUIC listener needs certFile and keyFile")
     if tls.ca_file:
@@ -146,6 +161,6 @@ def server_configuration(tls: TLSConfig, base_dir: str, options: QuicOptions) ->
             "a QUIC listener cannot require client certificates (tls.caFile): aioquic does not "
             "request them; authenticate clients with the handler's auth instead"
         )
-    config = _base(options, is_client=False)
+    config = _base(options, is_client=False, alpn=alpn)
     config.load_cert_chain(_path(base_dir, tls.cert_file), _path(base_dir, tls.key_file))
     return config

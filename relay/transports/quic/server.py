@@ -18,6 +18,7 @@ from relay.transports.quic.engine import TunnelQuicConnection
 from relay.transports.quic.link import QuicLink
 from relay.transports.quic.options import QuicOptions, server_configuration
 from relay.transports.quic.stream import QuicStreamTransport
+from relay.transports.tls import TUNNEL_ALPN
 
 ProtocolFactory = Callable[[], asyncio.Protocol]
 
@@ -86,11 +87,16 @@ class QuicListener:
 
     def create_protocol(self, connection: QuicConnection, **_: object) -> QuicLink:
         quic = TunnelQuicConnection.adopt(connection, self.options.max_streams)
-        link = QuicLink(quic, self.options, on_stream=self._on_stream)
+        link = self.new_link(quic)
         self.links.add(link)
         self.connections_total += 1
         link.closed.add_done_callback(lambda _: self._forget(link))
         return link
+
+    def new_link(self, quic: TunnelQuicConnection) -> QuicLink:
+        """The link driving a new connection; subclasses decide what its streams carry (here:
+        each stream is a connection for a protocol from the factory)."""
+        return QuicLink(quic, self.options, on_stream=self._on_stream)
 
     def _forget(self, link: QuicLink) -> None:
         self.links.discard(link)
@@ -143,16 +149,20 @@ async def serve_quic(
     factory: ProtocolFactory,
     options: QuicOptions | None = None,
     reuse_port: bool = False,
+    alpn: str = TUNNEL_ALPN,
+    listener_type: type[QuicListener] = QuicListener,
 ) -> QuicListener:
     """Listen for QUIC tunnel connections on ``host:port`` (all interfaces when empty).
 
     Each bidirectional stream a client opens gets a protocol from ``factory`` (``connection_made``
-    with the stream transport, then its bytes). Raises ``OSError`` when the port cannot be
-    bound and ``ValueError``/``OSError`` for unusable certificates.
+    with the stream transport, then its bytes), unless ``listener_type`` (a ``QuicListener``
+    subclass, e.g. HTTP/3's) makes its links otherwise; ``alpn`` is the one protocol offered.
+    Raises ``OSError`` when the port cannot be bound and ``ValueError``/``OSError`` for
+    unusable certificates.
     """
     options = options or QuicOptions(keepalive=0.0)
-    configuration = server_configuration(tls, base_dir, options)
-    listener = QuicListener(options, factory)
+    configuration = server_configuration(tls, base_dir, options, alpn)
+    listener = listener_type(options, factory)
     tickets = TicketStore()
     sock = await _udp_socket(host, port, reuse_port)
     loop = asyncio.get_running_loop()
