@@ -4,9 +4,14 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test test-fast lint bench clean
+.PHONY: venv proto demo test test-fast lint bench clean
 
 venv: $(STAMP)
+
+# The AgentService code generated from relay/agent/proto/agent.proto (not committed; importing
+# relay.agent.proto also generates it when missing or stale).
+proto: venv
+	$(PY) -m relay.agent.proto
 
 # Re-install whenever pyproject.toml changes, so `make test` always runs against what is declared.
 $(STAMP): pyproject.toml
@@ -20,13 +25,13 @@ $(STAMP): pyproject.toml
 demo: venv
 	$(PY) -m relay.demo
 
-test: venv
+test: venv proto
 	$(PY) -m pytest -q
 
-test-fast: venv
+test-fast: venv proto
 	$(PY) -m pytest -q -m "not slow" -x
 
-lint: venv
+lint: venv proto
 	$(PY) -m ruff check relay master_api tests bench
 	$(PY) -m ruff format --check relay master_api tests bench
 	$(PY) -m mypy

@@ -7,8 +7,9 @@ master counts itself leader only while its last successful renewal is younger th
 measured on its own monotonic clock: if the store becomes unreachable it stops leading before
 another master can take the lease over.
 
-:class:`BackgroundWorker` runs the leader-only jobs (node liveness and alerts now, deployments
-later) on its own thread, so a slow job never delays a lease renewal.
+:class:`BackgroundWorker` runs the leader-only periodic jobs (node liveness and alerts) on its
+own thread, so a slow job never delays a lease renewal; :class:`DeploymentWorker` claims queued
+deployments and runs each playbook on a thread of its own (a run takes minutes).
 """
 
 from __future__ import annotations
@@ -21,12 +22,15 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
+from master_api.deployment_models import Deployment
 from master_api.errors import StoreUnavailable
+from master_api.jobs.dispatch import DeploymentDispatcher
+from master_api.jobs.executor import DeploymentExecutor
 from master_api.models import Member
 from master_api.repos import Repos
 from master_api.settings import Settings
 
-__all__ = ["LEASE_NAME", "BackgroundWorker", "LeaderElector"]
+__all__ = ["LEASE_NAME", "BackgroundWorker", "DeploymentWorker", "LeaderElector"]
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +184,104 @@ class BackgroundWorker:
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
             self.run_once()
+
+
+class DeploymentWorker:
+    """The leader's deployment runner (DESIGN §6: ansible-runner in the master).
+
+    Every ``Settings.deploy_poll_interval`` while this master leads: :meth:`run_once` reaps
+    running deployments whose master is gone (they end ``interrupted``), then claims queued ones
+    and runs each on its own thread, at most ``Settings.deploy_max_parallel`` at once. A master
+    that stops leading finishes the runs it has but claims no more. :meth:`stop` interrupts the
+    playbooks still running (their deployments end ``interrupted``) and waits for them.
+    """
+
+    def __init__(
+        self,
+        is_leader: Callable[[], bool],
+        repos: Repos,
+        settings: Settings,
+        member_id: str,
+    ) -> None:
+        self._is_leader = is_leader
+        self._settings = settings
+        self.shutdown = threading.Event()
+        self.dispatcher = DeploymentDispatcher(repos, settings, member_id)
+        self.executor = DeploymentExecutor(repos, settings, self.shutdown)
+        self._lock = threading.Lock()
+        self._jobs: dict[str, threading.Thread] = {}
+        self._thread: threading.Thread | None = None
+
+    @property
+    def running(self) -> set[str]:
+        """Ids of the deployments this process is running now."""
+        with self._lock:
+            return set(self._jobs)
+
+    def run_once(self) -> list[str]:
+        """Reap, then claim and start queued deployments if leading; returns the ids started.
+        A store outage is logged and the pass skipped."""
+        if not self._is_leader() or self.shutdown.is_set():
+            return []
+        started: list[str] = []
+        try:
+            self.dispatcher.reap(self.running)
+            while len(self.running) < self._settings.deploy_max_parallel:
+                if not self._is_leader() or self.shutdown.is_set():
+                    break
+                deployment = self.dispatcher.claim_next()
+                if deployment is None:
+                    break
+                self._start_job(deployment)
+                started.append(deployment.id)
+        except StoreUnavailable as exc:
+            log.warning("deployment worker pass skipped: %s", exc.message)
+        return started
+
+    def _start_job(self, deployment: Deployment) -> None:
+        thread = threading.Thread(
+            target=self._run_job,
+            args=(deployment,),
+            name=f"deployment-{deployment.id}",
+            daemon=True,
+        )
+        with self._lock:
+            self._jobs[deployment.id] = thread
+        thread.start()
+
+    def _run_job(self, deployment: Deployment) -> None:
+        try:
+            self.executor.execute(deployment, self.dispatcher.member_id)
+        finally:
+            with self._lock:
+                self._jobs.pop(deployment.id, None)
+
+    def start(self) -> None:
+        """Poll on a daemon thread until :meth:`stop`."""
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="deployments", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop claiming, interrupt the running playbooks, and wait up to ``timeout`` seconds
+        for their jobs to record how they ended."""
+        self.shutdown.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            jobs = list(self._jobs.values())
+        for thread in jobs:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    def _run(self) -> None:
+        while not self.shutdown.wait(self._settings.deploy_poll_interval):
+            try:
+                self.run_once()
+            except Exception:  # thread boundary (STYLE E6): log and keep polling
+                log.exception("deployment worker pass failed")
 
 
 def housekeeping(repos: Repos, settings: Settings, clock: Callable[[], float] = time.time) -> None:

@@ -12,13 +12,16 @@ from typing import Any, Final, Literal
 
 __all__ = [
     "ALERT_NAMES",
+    "APPLY_OUTCOMES",
     "CONFIG_STATUSES",
     "NODE_STATUSES",
     "NODE_TYPES",
     "ROLES",
     "ActivePointer",
+    "AgentInfo",
     "Alert",
     "AuditEntry",
+    "ConfigApplyError",
     "ConfigVersion",
     "HistoryEntry",
     "Lease",
@@ -97,6 +100,49 @@ class NodeMetrics:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
+#: How an agent's attempt at a version ended (``ReportStatus``); failures are kept on the node.
+APPLY_OUTCOMES: Final = ("applied", "rejected", "rolled_back")
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigApplyError:
+    """The last config version a node's agent could not apply (``rejected``: refused before
+    touching the relay, e.g. a certificate file missing on the host; ``rolled_back``: the relay
+    failed with it and the previous config was restored)."""
+
+    version: int
+    outcome: str
+    message: str
+    issues: tuple[tuple[str, str], ...]
+    """(path, message) pairs from the relay checker on the node."""
+    at: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "outcome": self.outcome,
+            "message": self.message,
+            "issues": [{"path": path, "message": message} for path, message in self.issues],
+            "at": iso(self.at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class AgentInfo:
+    """What a node's agent said when it last registered (gRPC ``Register``)."""
+
+    hostname: str
+    version: str
+    registered_at: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "hostname": self.hostname,
+            "version": self.version,
+            "registered_at": iso(self.registered_at),
+        }
+
+
 @dataclass(frozen=True, slots=True)
 class Node:
     id: str
@@ -114,6 +160,10 @@ class Node:
     last_seen: float | None = None
     applied_version: int | None = None
     metrics: NodeMetrics | None = None
+    config_error: ConfigApplyError | None = None
+    agent: AgentInfo | None = None
+    release: str | None = None
+    """The relay release a deployment last installed on the node (None: none yet)."""
 
     def to_json(self, desired_version: int | None) -> dict[str, Any]:
         """Public view (never the token hash); ``desired_version`` comes from the pointers."""
@@ -131,6 +181,9 @@ class Node:
             "desired_version": desired_version,
             "applied_version": self.applied_version,
             "metrics": self.metrics.to_json() if self.metrics else None,
+            "config_error": self.config_error.to_json() if self.config_error else None,
+            "agent": self.agent.to_json() if self.agent else None,
+            "release": self.release,
             "created_at": iso(self.created_at),
             "updated_at": iso(self.updated_at),
         }

@@ -1,12 +1,12 @@
 """``aicdn-master serve``: the production process.
 
 Order of start-up: settings -> embedded store (when no ``AICDN_MONGO_URI``) -> JWT secret ->
-app (waits for the database) -> leader election and the leader's jobs -> waitress. SIGTERM or
-SIGINT stops waitress (in-flight requests finish), then the jobs, then gives the lease up (so
-another master leads at once), closes the database client and stops the embedded store.
-
-The gRPC AgentService (DESIGN §4.4, ``AICDN_GRPC_ADDR``) belongs here too and arrives with the
-agent issue: it is to start after the app (sharing its ``Services``) and stop before it.
+app (waits for the database) -> the gRPC AgentService (``AICDN_GRPC_ADDR``, sharing the app's
+services) -> leader election and the leader's jobs -> waitress. SIGTERM or SIGINT stops
+waitress (in-flight requests finish), then the AgentService (agents reconnect to another
+master), then the jobs (a running deployment's playbook is stopped: it ends
+interrupted), then gives the lease up (so another master leads at once), closes the
+database client and stops the embedded store.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from waitress import create_server
 from master_api import create_app
 from master_api.errors import StoreUnavailable
 from master_api.extensions import StoreExtension, repos
-from master_api.leader import BackgroundWorker, LeaderElector, housekeeping
+from master_api.grpc import AgentGrpcServer
+from master_api.leader import BackgroundWorker, DeploymentWorker, LeaderElector, housekeeping
 from master_api.metrics import MasterMetrics
 from master_api.services.monitor import Monitor
 from master_api.services.notify import WebhookNotifier
@@ -83,7 +84,9 @@ def serve(settings: Settings) -> int:
     embedded: EmbeddedMongo | None = None
     elector: LeaderElector | None = None
     worker: BackgroundWorker | None = None
+    deployments: DeploymentWorker | None = None
     notifier: WebhookNotifier | None = None
+    agents: AgentGrpcServer | None = None
     app: Flask | None = None
     try:
         if settings.mongo_uri is None:
@@ -96,6 +99,13 @@ def serve(settings: Settings) -> int:
             secret = load_or_create_secret(Path(settings.data_dir) / "jwt.secret")
             settings = settings.with_overrides(jwt_secret=secret)
         app = wait_for_app(settings)
+        agents = AgentGrpcServer(app, settings)
+        try:
+            grpc_port = agents.start()
+        except OSError as exc:
+            log.error("%s", exc)
+            agents = None
+            return 1
         server = create_server(
             app,
             host=settings.http_addr.host or "0.0.0.0",
@@ -118,13 +128,21 @@ def serve(settings: Settings) -> int:
             ],
             settings.leader_renew_interval,
         )
+        deployments = DeploymentWorker(
+            lambda: elector is not None and elector.is_leader,
+            repos(app),
+            settings,
+            elector.member_id,
+        )
         elector.start()
         worker.start()
+        deployments.start()
         log.info(
-            "aicdn-master serving http://%s (member %s); gRPC %s is not served yet",
+            "aicdn-master serving http://%s and gRPC %s:%d (member %s)",
             http_addr,
+            settings.grpc_addr.host or "0.0.0.0",
+            grpc_port,
             elector.member_id,
-            settings.grpc_addr,
         )
         server.run()
         return 0
@@ -134,6 +152,10 @@ def serve(settings: Settings) -> int:
         # A second signal must not cut the clean-up short (and leave the store running).
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if agents is not None:
+            agents.stop(grace=1.0)
+        if deployments is not None:
+            deployments.stop()  # running playbooks end interrupted, their locks given back
         if worker is not None:
             worker.stop()
         if elector is not None:

@@ -21,6 +21,7 @@ import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -35,6 +36,8 @@ _T = TypeVar("_T")
 _DB_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 # Variables with the prefix that belong to other programs or to the test suite, not to Settings.
 _FOREIGN_ENV = frozenset({"AICDN_CONFIG", "AICDN_TEST_MONGO_URI"})
+#: The checkout the master runs from (its playbooks/ and ansible.cfg are the defaults).
+_REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 class SettingsError(ValueError):
@@ -62,7 +65,29 @@ class Settings:
     http_addr: Address = field(default_factory=lambda: Address("0.0.0.0", 8080))
     """REST API listen address (``host:port``)."""
     grpc_addr: Address = field(default_factory=lambda: Address("0.0.0.0", 50051))
-    """gRPC AgentService listen address. Reserved: the agent plane arrives with issue 6."""
+    """gRPC AgentService listen address (``host:port``; port 0 picks a free one)."""
+    grpc_tls_cert_file: str | None = None
+    """PEM certificate chain of the AgentService; with ``grpc_tls_key_file`` it serves TLS
+    only. Unset: plaintext (loopback or a trusted network only)."""
+    grpc_tls_key_file: str | None = None
+    """PEM private key of ``grpc_tls_cert_file``."""
+    grpc_tls_client_ca_file: str | None = None
+    """CA bundle: when set (with TLS), agents must present a client certificate it signed."""
+    grpc_keepalive_time: float = 30.0
+    """Seconds between HTTP/2 keepalive pings on idle agent connections (seed §4.3)."""
+    grpc_keepalive_timeout: float = 10.0
+    """Seconds a keepalive ping may go unanswered before the connection is dropped."""
+    grpc_threads: int = 8
+    """Threads that run the AgentService's database calls (the gRPC loop never blocks)."""
+    command_timeout: float = 10.0
+    """Default time an agent has to answer ``POST /nodes/{id}/commands`` (then 504)."""
+    agent_snapshot_ttl: float = 1.0
+    """Seconds the AgentService may reuse one read of the active versions and of the peers it
+    renders with, instead of reading them per call: a publish reaches agents up to this much
+    later. 0: read on every call."""
+    agent_auth_ttl: float = 30.0
+    """Seconds the AgentService may reuse a node read when authenticating an agent (the token
+    is checked on every call; a changed region or status is seen up to this much later)."""
     http_threads: int = 8
     """Worker threads of the production WSGI server (waitress)."""
     jwt_secret: str | None = None
@@ -107,6 +132,31 @@ class Settings:
     """Timeout of one webhook POST, seconds."""
     node_base_dir: str = "/etc/aicdn"
     """Directory on the relay hosts that rendered configs use for certificates and keys."""
+    ansible_playbook_dir: str = field(default_factory=lambda: str(_REPO_ROOT / "playbooks"))
+    """Where deployments find ``deploy.yml``, ``rollback.yml`` and ``reload.yml`` (default: the
+    ``playbooks/`` of the checkout the master runs from)."""
+    ansible_config: str = field(default_factory=lambda: str(_REPO_ROOT / "ansible.cfg"))
+    """The ``ansible.cfg`` deployments run with (default: the checkout's)."""
+    deploy_work_dir: str | None = None
+    """Parent of the deployments' private data dirs (0700, removed after each run). Unset: the
+    system temp dir."""
+    deploy_connections: tuple[str, ...] = ("ssh",)
+    """Values a node's ``metadata.ansible_vars.ansible_connection`` may take (comma separated).
+    ``local`` runs a host's tasks on the master itself: only for test and demo hosts."""
+    deploy_idle_timeout: float = 600.0
+    """A playbook silent this long is stopped (the deployment fails), seconds."""
+    deploy_job_timeout: float = 3600.0
+    """A playbook running this long is stopped (the deployment fails), seconds."""
+    deploy_max_parallel: int = 2
+    """Deployments the leader runs at once (they never share a node)."""
+    deploy_poll_interval: float = 1.0
+    """How often the leader looks for queued deployments and dead runs, seconds."""
+    deploy_event_batch: int = 50
+    """Events written to the store in one batch at most."""
+    deploy_event_flush: float = 0.25
+    """Longest time an event waits in the batch before it is written, seconds."""
+    deploy_stream_max: float = 600.0
+    """Longest life of one events stream (SSE); the client then reconnects, seconds."""
     max_body_bytes: int = 2 * 1024 * 1024
     """Largest accepted request body, bytes (larger: 413)."""
     log_level: str = "info"
@@ -118,6 +168,14 @@ class Settings:
                 f"{ENV_PREFIX}PASSWORD_MEMORY_KIB: Argon2 needs at least 8 KiB per lane "
                 f"({8 * self.password_parallelism} for {ENV_PREFIX}PASSWORD_PARALLELISM="
                 f"{self.password_parallelism})"
+            )
+        if (self.grpc_tls_cert_file is None) != (self.grpc_tls_key_file is None):
+            raise SettingsError(
+                f"{ENV_PREFIX}GRPC_TLS_CERT_FILE and {ENV_PREFIX}GRPC_TLS_KEY_FILE go together"
+            )
+        if self.grpc_tls_client_ca_file is not None and self.grpc_tls_cert_file is None:
+            raise SettingsError(
+                f"{ENV_PREFIX}GRPC_TLS_CLIENT_CA_FILE needs {ENV_PREFIX}GRPC_TLS_CERT_FILE"
             )
         if self.leader_renew_interval * 2 > self.leader_ttl:
             raise SettingsError(
@@ -322,6 +380,17 @@ def _choice(*choices: str) -> Callable[[object], str]:
     return parse
 
 
+def _names(raw: object) -> tuple[str, ...]:
+    items = list(raw) if isinstance(raw, list | tuple) else _text(raw).split(",")
+    names = tuple(_text(item) for item in items if _text(item))
+    for name in names:
+        if not re.fullmatch(r"[a-z][a-z0-9_.]{0,63}", name):
+            raise ValueError(f"bad name {name!r}; expected e.g. ssh,local")
+    if not names:
+        raise ValueError("give at least one name")
+    return names
+
+
 def _path(raw: object) -> str:
     text = _text(raw)
     if not text:
@@ -337,6 +406,15 @@ _PARSERS: dict[str, Callable[[object], Any]] = {
     "embedded_mongo_port": _integer(1, 65535),
     "http_addr": _listen_address,
     "grpc_addr": _listen_address,
+    "grpc_tls_cert_file": _optional(_path),
+    "grpc_tls_key_file": _optional(_path),
+    "grpc_tls_client_ca_file": _optional(_path),
+    "grpc_keepalive_time": _duration(1.0, 3600.0),
+    "grpc_keepalive_timeout": _duration(0.5, 600.0),
+    "grpc_threads": _integer(1, 256),
+    "command_timeout": _duration(0.1, 300.0),
+    "agent_snapshot_ttl": _duration(0.0, 60.0),
+    "agent_auth_ttl": _duration(0.0, 3600.0),
     "http_threads": _integer(1, 256),
     "jwt_secret": _optional(_secret),
     "access_token_ttl": _duration(10.0, 86400.0),
@@ -358,6 +436,17 @@ _PARSERS: dict[str, Callable[[object], Any]] = {
     "alert_webhook": _optional(_http_url),
     "webhook_timeout": _duration(0.1, 120.0),
     "node_base_dir": _path,
+    "ansible_playbook_dir": _path,
+    "ansible_config": _path,
+    "deploy_work_dir": _optional(_path),
+    "deploy_connections": _names,
+    "deploy_idle_timeout": _duration(1.0, 7 * 86400.0),
+    "deploy_job_timeout": _duration(1.0, 7 * 86400.0),
+    "deploy_max_parallel": _integer(1, 64),
+    "deploy_poll_interval": _duration(0.05, 300.0),
+    "deploy_event_batch": _integer(1, 10_000),
+    "deploy_event_flush": _duration(0.01, 60.0),
+    "deploy_stream_max": _duration(1.0, 86400.0),
     "max_body_bytes": _integer(1024, 1024 * 1024 * 1024),
     "log_level": _choice("debug", "info", "warning", "error"),
 }

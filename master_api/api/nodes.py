@@ -1,4 +1,5 @@
-"""``/nodes``: the fleet inventory, rendered node configs, and the agents' heartbeat."""
+"""``/nodes``: the fleet inventory, rendered node configs, the agents' heartbeat, config drift,
+and commands sent to agents over their gRPC command stream."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from flask import Blueprint, Response, g, request
+from flask import Blueprint, Response, current_app, g, request
 
 from master_api.api import shapes
 from master_api.api.common import (
@@ -18,8 +19,15 @@ from master_api.api.common import (
 )
 from master_api.api.routing import Reply, api_route
 from master_api.api.schema import Field, Schema
-from master_api.errors import NotFound, Unauthorized
-from master_api.extensions import repos, services
+from master_api.errors import ApiError, Conflict, NotFound, Unauthorized
+from master_api.extensions import repos, services, settings
+from master_api.grpc.hub import (
+    COMMAND_TYPES,
+    HUB_KEY,
+    AgentNotConnected,
+    CommandHub,
+    CommandTimeout,
+)
 from master_api.models import NODE_STATUSES, NODE_TYPES, Node, NodeMetrics
 from master_api.repos import NodeFilter
 from master_api.services.nodes import NodeInput
@@ -256,6 +264,7 @@ def update_node(node_id: str, body: NodePatch) -> Any:
 def delete_node(node_id: str) -> Any:
     if not repos().nodes.delete(node_id):
         raise NotFound(f"node {node_id!r} does not exist")
+    services().nodes.forget(node_id)
     return "", 204
 
 
@@ -308,3 +317,98 @@ def heartbeat(node_id: str, body: HeartbeatInput) -> Any:
     node = services().nodes.authenticate(node_id, token.strip())
     result = services().nodes.heartbeat(node, body.metrics, body.applied_version)
     return {"desired_version": result.desired_version, "config_updated": result.config_updated}
+
+
+@api_route(
+    bp,
+    "/nodes/drift",
+    "GET",
+    summary="Nodes whose applied config version is not the desired one, and why",
+    access="viewer",
+    replies=[Reply(200, "Drifting nodes by name", shapes.list_of(shapes.DRIFT_ENTRY))],
+)
+def drift() -> Any:
+    items = [entry.to_json() for entry in services().nodes.drift()]
+    return {"items": items, "count": len(items)}
+
+
+@dataclass(frozen=True, slots=True)
+class CommandInput:
+    command: str
+    lines: int | None = None
+    timeout: float | None = None
+
+
+COMMAND_IN = Schema(
+    "NodeCommand",
+    [
+        Field(
+            "command",
+            "string",
+            "reload (admin API), restart and stop (systemd), status, logs",
+            required=True,
+            enum=tuple(COMMAND_TYPES),
+        ),
+        Field("lines", "integer", "logs: how many of the last lines", minimum=1, maximum=5000),
+        Field(
+            "timeout",
+            "number",
+            "seconds the agent has to answer (default AICDN_COMMAND_TIMEOUT)",
+            minimum=0.1,
+            maximum=300,
+        ),
+    ],
+    CommandInput,
+)
+
+
+def _hub() -> CommandHub:
+    hub = current_app.extensions.get(HUB_KEY)
+    if not isinstance(hub, CommandHub):
+        raise ApiError(
+            "the agent service (gRPC) is not running in this master process",
+            status_code=503,
+            error="agent_service_unavailable",
+        )
+    return hub
+
+
+@api_route(
+    bp,
+    "/nodes/<node_id>/commands",
+    "POST",
+    summary="Run a command on the node through its agent and return the output",
+    access="operator",
+    body=COMMAND_IN,
+    replies=[
+        Reply(
+            200, "The agent's answer (ok false: the command failed there)", shapes.COMMAND_RESULT
+        ),
+        _NOT_FOUND,
+        Reply(409, "The node's agent has no command stream open on this master", shapes.ERROR),
+        Reply(503, "The agent service is not running in this process", shapes.ERROR),
+        Reply(504, "The agent did not answer in time", shapes.ERROR),
+    ],
+)
+def run_command(node_id: str, body: CommandInput) -> Any:
+    node = services().nodes.get(node_id)
+    g.aicdn_target = node.id
+    hub = _hub()
+    args = {"lines": str(body.lines)} if body.lines is not None else {}
+    timeout = body.timeout if body.timeout is not None else settings().command_timeout
+    try:
+        reply = hub.execute_blocking(node.id, body.command, args, timeout)
+    except AgentNotConnected as exc:
+        raise Conflict(str(exc), error="agent_not_connected") from None
+    except (CommandTimeout, TimeoutError) as exc:
+        raise ApiError(str(exc), status_code=504, error="agent_timeout") from None
+    except RuntimeError as exc:  # the gRPC loop is gone (shutting down)
+        raise ApiError(str(exc), status_code=503, error="agent_service_unavailable") from None
+    return {
+        "node_id": node.id,
+        "command": body.command,
+        "ok": reply.ok,
+        "output": reply.output,
+        "error": reply.error,
+        "duration_ms": round(reply.duration * 1000, 3),
+    }

@@ -77,6 +77,17 @@ METRICS: Schema = obj(
     }
 )
 
+CONFIG_ERROR: Schema = obj(
+    {
+        "version": INT,
+        "outcome": {"type": "string", "enum": ["rejected", "rolled_back"]},
+        "message": STR,
+        "issues": {"type": "array", "items": obj({"path": STR, "message": STR})},
+        "at": TIME,
+    }
+)
+AGENT: Schema = obj({"hostname": STR, "version": STR, "registered_at": TIME})
+
 _NODE_PROPS: dict[str, Schema] = {
     "id": STR,
     "name": STR,
@@ -91,12 +102,39 @@ _NODE_PROPS: dict[str, Schema] = {
     "desired_version": nullable(INT),
     "applied_version": nullable(INT),
     "metrics": nullable(METRICS),
+    "config_error": nullable(CONFIG_ERROR),
+    "agent": nullable(AGENT),
+    "release": nullable(STR),
     "created_at": TIME,
     "updated_at": TIME,
 }
 NODE: Schema = obj(_NODE_PROPS)
 NODE_CREATED: Schema = obj({**_NODE_PROPS, "token": STR})
 HEARTBEAT_REPLY: Schema = obj({"desired_version": nullable(INT), "config_updated": BOOL})
+DRIFT_ENTRY: Schema = obj(
+    {
+        "id": STR,
+        "name": STR,
+        "type": STR,
+        "region": STR,
+        "status": STR,
+        "state": {"type": "string", "enum": ["pending", "failed", "unreachable"]},
+        "desired_version": INT,
+        "applied_version": nullable(INT),
+        "last_seen": nullable(TIME),
+        "config_error": nullable(CONFIG_ERROR),
+    }
+)
+COMMAND_RESULT: Schema = obj(
+    {
+        "node_id": STR,
+        "command": STR,
+        "ok": BOOL,
+        "output": STR,
+        "error": STR,
+        "duration_ms": NUM,
+    }
+)
 
 _VERSION_PROPS: dict[str, Schema] = {
     "version_id": INT,
@@ -196,5 +234,74 @@ CLUSTER: Schema = obj(
         "lease_expires_at": nullable(TIME),
         "self": STR,
         "members": {"type": "array", "items": MEMBER},
+    }
+)
+
+HOST_RESULT: Schema = obj(
+    {
+        "node_id": STR,
+        "host": STR,
+        "status": {"type": "string", "enum": ["ok", "failed", "unreachable"]},
+        "ok": INT,
+        "changed": INT,
+        "failures": INT,
+        "unreachable": INT,
+        "skipped": INT,
+        "rescued": INT,
+        "ignored": INT,
+    }
+)
+PHASE_RESULT: Schema = obj(
+    {
+        "playbook": STR,
+        "status": STR,
+        "rc": nullable(INT),
+        "hosts": {"type": "array", "items": HOST_RESULT},
+        "touched": {"type": "array", "items": STR},
+        "error": nullable(STR),
+    }
+)
+DEPLOYMENT: Schema = obj(
+    {
+        "id": STR,
+        "playbook": {"type": "string", "enum": ["deploy", "rollback", "reload"]},
+        "config_version": nullable(INT),
+        "release": nullable(STR),
+        "selector": obj(
+            {
+                "node_type": nullable(STR),
+                "regions": {"type": "array", "items": STR},
+                "nodes": {"type": "array", "items": STR},
+                "tags": {"type": "array", "items": STR},
+            }
+        ),
+        "serial": nullable(INT),
+        "max_fail_percentage": nullable(INT),
+        "check_mode": BOOL,
+        "auto_rollback": BOOL,
+        "targets": {"type": "array", "items": obj({"id": STR, "name": STR})},
+        "status": {
+            "type": "string",
+            "enum": [
+                "queued",
+                "running",
+                "successful",
+                "failed",
+                "canceled",
+                "rolled_back",
+                "interrupted",
+            ],
+        },
+        "created_by": STR,
+        "created_at": TIME,
+        "updated_at": TIME,
+        "owner": nullable(STR),
+        "started_at": nullable(TIME),
+        "finished_at": nullable(TIME),
+        "cancel_requested": BOOL,
+        "canceled_by": nullable(STR),
+        "error": nullable(STR),
+        "result": nullable(PHASE_RESULT),
+        "rollback": nullable(PHASE_RESULT),
     }
 )

@@ -16,6 +16,9 @@ from master_api.repos.config_history import ConfigHistoryRepo
 from master_api.repos.config_rollbacks import ConfigRollbacksRepo
 from master_api.repos.config_versions import ConfigVersionsRepo
 from master_api.repos.counters import CountersRepo
+from master_api.repos.deployment_events import DeploymentEventsRepo
+from master_api.repos.deployment_locks import DeploymentLocksRepo
+from master_api.repos.deployments import DeploymentsRepo
 from master_api.repos.election_members import ElectionMembersRepo
 from master_api.repos.leaders import LeadersRepo
 from master_api.repos.login_attempts import LoginAttemptsRepo
@@ -44,6 +47,9 @@ class Repos:
         self.election_members = ElectionMembersRepo(db)
         self.alerts = AlertsRepo(db)
         self.audit_log = AuditLogRepo(db)
+        self.deployments = DeploymentsRepo(db)
+        self.deployment_events = DeploymentEventsRepo(db)
+        self.deployment_locks = DeploymentLocksRepo(db)
 
     def all(self) -> list[BaseRepo]:
         return [value for value in vars(self).values() if isinstance(value, BaseRepo)]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from master_api.repos import Repos
 from master_api.services.configs import ConfigService
+from master_api.services.deployments import DeploymentService
 from master_api.services.nodes import NodeService
 from master_api.services.passwords import Passwords
 from master_api.settings import Settings
@@ -21,3 +22,4 @@ class Services:
         self.passwords = Passwords(settings)
         self.configs = ConfigService(repos, settings)
         self.nodes = NodeService(repos, settings, self.configs)
+        self.deployments = DeploymentService(repos, settings)

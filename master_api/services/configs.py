@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from typing import Any
 from master_api.errors import BadRequest, Conflict, NotFound, issues_extra
 from master_api.models import ActivePointer, ConfigVersion, HistoryEntry, RollbackRecord
 from master_api.repos import Repos
+from master_api.services.snapshots import Snapshot
 from master_api.settings import Settings
 from relay.config import ConfigError
 from relay.config.fleet import check_config_data, expand_template
@@ -49,6 +51,8 @@ _COUNTER = "config_version"
 # Bound on CAS retries of one pointer: each failed try means another publish won, so this is
 # only reached under absurd contention; the caller then gets a 409 and may retry.
 _MAX_CAS_ATTEMPTS = 100
+#: How many versions' YAML ``config_data()`` keeps (the active ones of each type and region).
+_DATA_CACHE = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +109,10 @@ class ConfigService:
         self._repos = repos
         self._settings = settings
         self._clock = clock
+        self._pointers = Snapshot(self._repos.config_active.all)
+        # version_id -> config_data: a version's content never changes once stored.
+        self._data: dict[int, str] = {}
+        self._data_lock = threading.Lock()
 
     # ------------------------------------------------------------------------------------------
     # Reading
@@ -115,6 +123,19 @@ class ConfigService:
         if version is None:
             raise NotFound(f"config version {version_id} does not exist")
         return version
+
+    def config_data(self, version_id: int) -> str:
+        """The YAML of a version (404 if it does not exist). Content is immutable, so it is
+        read once per process and kept (a few recent versions)."""
+        with self._data_lock:
+            data = self._data.get(version_id)
+        if data is None:
+            data = self.get(version_id).config_data
+            with self._data_lock:
+                if len(self._data) >= _DATA_CACHE:
+                    del self._data[next(iter(self._data))]
+                self._data[version_id] = data
+        return data
 
     def active_regions(self, version_id: int) -> tuple[str, ...]:
         """Regions where ``version_id`` is active (sorted; empty: not active anywhere)."""
@@ -127,8 +148,10 @@ class ConfigService:
             regions.setdefault(pointer.version_id, []).append(pointer.region)
         return {vid: tuple(sorted(r)) for vid, r in regions.items()}
 
-    def pointers(self) -> list[ActivePointer]:
-        return self._repos.config_active.all()
+    def pointers(self, max_age: float = 0.0) -> list[ActivePointer]:
+        """Every active pointer; with ``max_age`` > 0 possibly a read that recent (shared by
+        the AgentService's heartbeats: a publish then reaches agents ``max_age`` later)."""
+        return self._pointers.get(max_age)
 
     def effective_version_id(
         self,

@@ -76,6 +76,7 @@ def test_serve_with_the_embedded_store(tmp_path: Path) -> None:
         AICDN_DATA_DIR=str(tmp_path / "var"),
         AICDN_EMBEDDED_MONGO_PORT=str(store_port),
         AICDN_HTTP_ADDR=f"127.0.0.1:{http_port}",
+        AICDN_GRPC_ADDR=f"127.0.0.1:{free_low_port()}",
         AICDN_LEADER_TTL="2s",
         AICDN_LEADER_RENEW_INTERVAL="0.5s",
     )

@@ -66,6 +66,7 @@ class Master:
             "AICDN_MONGO_URI": mongo_uri,
             "AICDN_MONGO_DB": db,
             "AICDN_HTTP_ADDR": f"127.0.0.1:{self.port}",
+            "AICDN_GRPC_ADDR": f"127.0.0.1:{free_low_port()}",  # two masters: two gRPC ports
             "AICDN_JWT_SECRET": "s" * 48,
             "AICDN_LEADER_TTL": "2s",
             "AICDN_LEADER_RENEW_INTERVAL": "0.4s",
