@@ -104,6 +104,7 @@ from relay.config.errors import ConfigError, ConfigIssue
 from relay.config.loader import _Loader, _yaml_issue, config_from_mapping, parse_address
 from relay.config.loader import parse_duration as _parse_duration
 from relay.config.model import LOG_FORMATS, LOG_LEVELS, STRATEGIES
+from relay.config.values import _kind, _show
 
 __all__ = [
     "NODE_PLACEHOLDER",
@@ -944,34 +945,6 @@ def _dump(data: Mapping[str, Any]) -> str:
     return yaml.dump(
         data, Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True
     )
-
-
-def _kind(value: object) -> str:
-    """YAML-ish name of a value's type, for messages."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list | tuple):
-        return "list"
-    if isinstance(value, dict):
-        return "mapping"
-    return type(value).__name__
-
-
-def _show(value: object) -> str:
-    """repr() for messages, cut short."""
-    try:
-        text = repr(value)
-    except Exception:  # a hostile __repr__ must not escape
-        text = f"<{type(value).__name__}>"
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _seen(value: object) -> str:
