@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("ansible", reason="the ansible extra is not installed (make venv-ansible)")
+# ansible-core's own module, not the name: with tests/ on sys.path, this very directory would
+# import as a namespace package called "ansible".
+pytest.importorskip(
+    "ansible.module_utils", reason="the ansible extra is not installed (make venv-ansible)"
+)
 
 from aicdn_ansible_helpers import stub_master  # noqa: F401 - the fixture
 
