@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import socket
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from tests.conftest import core_mapping, edge_mapping, hop_node
+from tests.helpers import read_head, request_bytes
 
 RELAY = [sys.executable, "-m", "relay"]
 
@@ -89,3 +91,21 @@ def port(config: dict[str, object], service: str) -> int:
         if svc["name"] == service:
             return int(svc["addr"].rsplit(":", 1)[1])
     raise KeyError(service)
+
+
+async def slow_read_memory(relay: RelayProcess, edge_port: int) -> tuple[int, int, int, int]:
+    """Ask the edge for a 512 MiB body and read it slowly (64 KiB per 0.1 s, 20 times), so the
+    origin could send far more than the client takes. Returns (status, baseline RSS KiB, peak
+    RSS KiB, bytes received)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", edge_port, limit=1 << 16)
+    baseline = rss_kib(relay.proc.pid)
+    writer.write(request_bytes("GET", f"/bytes?n={512 << 20}"))
+    status, _ = await read_head(reader)
+    peak = baseline
+    received = 0
+    for _ in range(20):
+        received += len(await reader.read(1 << 16))
+        await asyncio.sleep(0.1)
+        peak = max(peak, rss_kib(relay.proc.pid))
+    writer.close()
+    return status, baseline, peak, received

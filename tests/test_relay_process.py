@@ -21,7 +21,7 @@ from tests.processes import (
     edge_and_core_config,
     free_port,
     port,
-    rss_kib,
+    slow_read_memory,
     wait_http,
 )
 
@@ -31,21 +31,8 @@ async def test_slow_reader_does_not_grow_relay_memory(tmp_path: Path, origin_pro
     config = edge_and_core_config(origin_process)
     relay = RelayProcess(config, tmp_path)
     try:
-        reader, writer = await asyncio.open_connection(
-            "127.0.0.1", port(config, "edge"), limit=1 << 16
-        )
-        baseline = rss_kib(relay.proc.pid)
-        writer.write(request_bytes("GET", f"/bytes?n={512 << 20}"))
-        status, _ = await read_head(reader)
+        status, baseline, peak, received = await slow_read_memory(relay, port(config, "edge"))
         assert status == 200
-        peak = baseline
-        received = 0
-        # Read 2 MiB every 0.1 s: the origin could send 512 MiB at once, the client won't take it.
-        for _ in range(20):
-            received += len(await reader.read(1 << 16))
-            await asyncio.sleep(0.1)
-            peak = max(peak, rss_kib(relay.proc.pid))
-        writer.close()
         # The relay buffers at most bufferSize per direction and hop, not the 512 MiB on offer.
         assert peak - baseline < 16 * 1024, (baseline, peak)
         assert received > 0

@@ -31,7 +31,7 @@ from relay.transports.quic.options import STREAM_WINDOW
 from tests.certs import CA, CertPair, make_ca
 from tests.conftest import AUTH, StartNode, core_mapping, edge_mapping, hop_node, wait_for
 from tests.helpers import chat, read_head, request, request_bytes
-from tests.processes import RelayProcess, free_port, rss_kib
+from tests.processes import RelayProcess, free_port, slow_read_memory
 
 
 @pytest.fixture(autouse=True)
@@ -214,18 +214,8 @@ async def test_slow_reader_does_not_grow_relay_memory(
     config["chains"] = edge["chains"]
     relay = RelayProcess(config, tmp_path)
     try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", edge_port, limit=1 << 16)
-        baseline = rss_kib(relay.proc.pid)
-        writer.write(request_bytes("GET", f"/bytes?n={512 << 20}"))
-        status, _ = await read_head(reader)
+        status, baseline, peak, received = await slow_read_memory(relay, edge_port)
         assert status == 200
-        peak = baseline
-        received = 0
-        for _ in range(20):
-            received += len(await reader.read(1 << 16))
-            await asyncio.sleep(0.1)
-            peak = max(peak, rss_kib(relay.proc.pid))
-        writer.close()
         assert peak - baseline < 16 * 1024, (baseline, peak)
         assert received > 0
     finally:
