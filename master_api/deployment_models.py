@@ -147,6 +147,8 @@ class PhaseResult:
     hosts: tuple[HostResult, ...] = ()
     touched: tuple[str, ...] = ()
     error: str | None = None
+    #: node id -> the config version its host was given (deploy and reload).
+    config_versions: Mapping[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -156,6 +158,7 @@ class PhaseResult:
             "hosts": [h.to_json() for h in self.hosts],
             "touched": list(self.touched),
             "error": self.error,
+            "config_versions": dict(self.config_versions),
         }
 
 

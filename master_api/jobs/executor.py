@@ -14,9 +14,10 @@ error                  ``rollback.yml`` then runs on the hosts the deploy touche
 =====================  ===========================================================================
 
 Nodes (never in check mode), for every host that ended ``ok`` in a successful run: ``deploy``
-records ``release`` (the one before becomes ``previous_release``) and ``config_version`` as the
-node's ``applied_version``; ``rollback`` records the ``release`` it returned to (or the node's
-``previous_release``); ``reload`` records ``applied_version``. A failed run records nothing:
+records ``release`` (the one before becomes ``previous_release``) and the config version its
+host was given (``PhaseResult.config_versions``) as the node's ``applied_version``;
+``rollback`` records the ``release`` it returned to (or the node's ``previous_release``);
+``reload`` records ``applied_version``. A failed run records nothing:
 its failing batch went back to its previous release, and the agents' heartbeats report what
 actually runs.
 """
@@ -144,12 +145,13 @@ class DeploymentExecutor:
             if host.status != "ok" or not host.node_id:
                 continue
             try:
+                version = result.config_versions.get(host.node_id)
                 if d.playbook == "deploy":
-                    self._repos.nodes.record_release(host.node_id, d.release, d.config_version, now)
+                    self._repos.nodes.record_release(host.node_id, d.release, version, now)
                 elif d.playbook == "rollback":
                     self._repos.nodes.record_rollback(host.node_id, d.release, now)
-                elif d.config_version is not None:
-                    self._repos.nodes.record_release(host.node_id, None, d.config_version, now)
+                elif version is not None:
+                    self._repos.nodes.record_release(host.node_id, None, version, now)
             except StoreUnavailable as exc:
                 log.error("deployment %s: node %s not updated: %s", d.id, host.host, exc)
 

@@ -99,13 +99,20 @@ def host_vars(node: Node, connections: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def inventory_document(nodes: Iterable[Node], connections: Sequence[str]) -> dict[str, Any]:
+def inventory_document(
+    nodes: Iterable[Node],
+    connections: Sequence[str],
+    master_vars: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
     """The YAML inventory (``all.hosts`` with their variables, ``all.children`` groups) of
-    ``nodes``; raises :class:`InventoryError` (see :func:`host_vars`)."""
+    ``nodes``; raises :class:`InventoryError` (see :func:`host_vars`). ``master_vars`` (by node
+    id) are variables the master sets for a host, e.g. its rendered config: they win over the
+    node's own ``ansible_vars``."""
     hosts: dict[str, Any] = {}
     groups: dict[str, dict[str, Any]] = {}
     for node in nodes:
         hosts[node.name] = host_vars(node, connections)
+        hosts[node.name].update((master_vars or {}).get(node.id, {}))
         names = [_group(node.type), _group(node.region)]
         names += [f"tag_{_group(tag)}" for tag in node.tags]
         for name in names:

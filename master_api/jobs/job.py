@@ -23,7 +23,9 @@ Variables passed to every playbook (absent when not given, so the playbook defau
 ``relay_version``               ``release`` (deploy, reload)
 ``relay_rollback_to``           ``release`` (rollback: the release to return to; absent: the
                                 previous one)
-``relay_config_version``        ``config_version``
+``relay_config_version``        per host: the version of its rendered config (below)
+``relay_config_rendered``       per host (deploy, reload): the node's config rendered by the
+                                master (:mod:`master_api.jobs.configs`)
 ``aicdn_serial``                ``serial`` (also as ``aicdn_deploy_serial``,
                                 ``aicdn_rollback_serial`` or ``aicdn_reload_serial``)
 ``aicdn_max_fail_percentage``   ``max_fail_percentage``
@@ -42,7 +44,7 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,7 @@ import ansible_runner
 
 from master_api.deployment_models import Deployment, PhaseResult
 from master_api.errors import StoreUnavailable
+from master_api.jobs.configs import NodeConfig, RenderError, render_targets
 from master_api.jobs.events import EventSink, RunRecorder
 from master_api.jobs.files import dump_unsafe_yaml, dump_yaml, make_private_dir, write_private
 from master_api.jobs.inventory import InventoryError, inventory_document
@@ -175,11 +178,29 @@ class DeploymentJob:
             raise JobError("no target node is left to run on")
         return nodes
 
-    def build_inventory(self, private_data_dir: Path, nodes: Sequence[Node]) -> Path:
-        """Write ``inventory/hosts.yml`` for ``nodes``; :class:`JobError` for a refused node
-        variable."""
+    def build_configs(self, nodes: Sequence[Node]) -> Mapping[str, NodeConfig]:
+        """The relay config each of ``nodes`` gets, rendered by the master (deploy and reload;
+        see :mod:`master_api.jobs.configs`); :class:`JobError` when one cannot be rendered."""
         try:
-            document = inventory_document(nodes, self.settings.deploy_connections)
+            return render_targets(self.deployment, nodes, self.repos, self.settings)
+        except RenderError as exc:
+            raise JobError(str(exc)) from None
+
+    def build_inventory(
+        self,
+        private_data_dir: Path,
+        nodes: Sequence[Node],
+        configs: Mapping[str, NodeConfig] | None = None,
+    ) -> Path:
+        """Write ``inventory/hosts.yml`` for ``nodes``, with each node's rendered config
+        (``relay_config_rendered``) and its version (``relay_config_version``) from
+        ``configs``; :class:`JobError` for a refused node variable."""
+        master_vars = {
+            node_id: {"relay_config_rendered": c.text, "relay_config_version": c.version}
+            for node_id, c in (configs or {}).items()
+        }
+        try:
+            document = inventory_document(nodes, self.settings.deploy_connections, master_vars)
         except InventoryError as exc:
             raise JobError(str(exc)) from None
         path = private_data_dir / "inventory" / "hosts.yml"
@@ -195,8 +216,6 @@ class DeploymentJob:
         }
         if d.release is not None:
             out["relay_rollback_to" if self.playbook == "rollback" else "relay_version"] = d.release
-        if d.config_version is not None:
-            out["relay_config_version"] = d.config_version
         if d.serial is not None:
             out["aicdn_serial"] = d.serial
             out[f"aicdn_{self.playbook}_serial"] = d.serial
@@ -282,8 +301,9 @@ class DeploymentJob:
         private_data_dir: Path | None = None
         try:
             nodes = self.build_nodes()
+            configs = self.build_configs(nodes)
             private_data_dir = self.build_private_data_dir()
-            inventory = self.build_inventory(private_data_dir, nodes)
+            inventory = self.build_inventory(private_data_dir, nodes, configs)
             self.build_extravars(private_data_dir)
             self.build_env_settings(private_data_dir)
             self.build_envvars(private_data_dir)
@@ -298,6 +318,7 @@ class DeploymentJob:
                 rc=runner.rc if isinstance(runner.rc, int) else None,
                 hosts=recorder.host_results(),
                 touched=recorder.touched,
+                config_versions={node_id: c.version for node_id, c in configs.items()},
             )
         except JobError as exc:
             return self._error(str(exc))

@@ -258,6 +258,11 @@ def _phase(value: object) -> PhaseResult | None:
         hosts=hosts,
         touched=tuple(str(t) for t in value.get("touched") or ()),
         error=None if value.get("error") is None else str(value["error"]),
+        config_versions={
+            str(k): int(v)
+            for k, v in (value.get("config_versions") or {}).items()
+            if isinstance(v, int) and not isinstance(v, bool)
+        },
     )
 
 

@@ -287,6 +287,12 @@ class NodeService:
                 f"no {DEFAULT_CONFIG_TYPE} config is active for {node.type} nodes in region "
                 f"{node.region!r}; publish one"
             )
+        return self.render_version(node, version_id, max_age)
+
+    def render_version(self, node: Node, version_id: int, max_age: float = 0.0) -> RenderedConfig:
+        """``node``'s relay config from version ``version_id`` (active or not: a deployment may
+        name a draft), rendered with the fleet's peers. 404: unknown version; 409: the version
+        cannot be rendered for this node."""
         config_data = self._configs.config_data(version_id)
         peers = self._inventory.get(max_age)
         try:

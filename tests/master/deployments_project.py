@@ -34,6 +34,12 @@ DEPLOY = """\
         dest: "{{ aicdn_prefix }}/done"
         content: "{{ relay_config_version | default('none') }}\\n"
         mode: "0644"
+    - name: Install the config the master rendered
+      ansible.builtin.copy:
+        dest: "{{ aicdn_prefix }}/relay.yaml"
+        content: "{{ relay_config_rendered }}"
+        mode: "0644"
+      when: relay_config_rendered is defined
 """
 
 ROLLBACK = """\

@@ -19,13 +19,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+import yaml
 from flask import Flask
 
 from master_api.extensions import repos
 from master_api.jobs.processes import _alive, find_processes
 from master_api.leader import DeploymentWorker, LeaderElector
 from master_api.settings import Settings
-from tests.master.conftest import Caller, draft
+from tests.master.conftest import Caller, draft, register
 from tests.master.deployments_project import deploy_settings, local_node
 from tests.master.helpers import serve_in_thread, wait_until
 
@@ -146,7 +147,10 @@ def test_a_deploy_runs_streams_live_and_records_the_nodes(
     edge = local_node(operator, tmp_path, "edge-1", aicdn_note="{{ 6 * 7 }}", aicdn_sleep="2")
     # pause runs once per batch, with the first host's variables: both ask for it.
     core = local_node(operator, tmp_path, "core-1", "core", "cn", aicdn_sleep="2")
+    # The edge gets the version the deployment names (a draft); the core the one active for it.
     version = draft(operator, "edge")["version_id"]
+    core_version = draft(operator, "core")["version_id"]
+    assert operator.post(f"/api/v1/configs/{core_version}/publish").status_code == 200
     started = time.monotonic()
     created = _create(operator, playbook="deploy", release="1.4.0", config_version=version)
     assert {t["name"] for t in created["targets"]} == {"edge-1", "core-1"}
@@ -184,10 +188,19 @@ def test_a_deploy_runs_streams_live_and_records_the_nodes(
 
     # The playbook ran with the deployment's variables; node variables were not templated.
     assert (edge["prefix"] / "release").read_text() == "1.4.0 {{ 6 * 7 }}\n"
-    assert (core["prefix"] / "done").read_text().strip() == str(version)
-    for node in (edge, core):
+    assert (edge["prefix"] / "done").read_text().strip() == str(version)
+    assert (core["prefix"] / "done").read_text().strip() == str(core_version)
+    # Each host got its config rendered by the master with the fleet as peers, exactly what
+    # the master serves for the node.
+    served = viewer.get(f"/api/v1/nodes/{core['id']}/config")
+    assert (core["prefix"] / "relay.yaml").read_text() == served.text
+    edge_config = yaml.safe_load((edge["prefix"] / "relay.yaml").read_text())
+    assert edge_config["version"] == version
+    hop = edge_config["chains"][0]["hops"][0]
+    assert [n["name"] for n in hop["nodes"]] == ["core-1"]
+    for node, expected in ((edge, version), (core, core_version)):
         stored = viewer.get(f"/api/v1/nodes/{node['id']}").json
-        assert stored["release"] == "1.4.0" and stored["applied_version"] == version
+        assert stored["release"] == "1.4.0" and stored["applied_version"] == expected
     assert list(Path(app.config["AICDN_SETTINGS"].deploy_work_dir).iterdir()) == []
     assert repos(app).deployment_locks.held([edge["id"], core["id"]]) == []
     print(f"deploy of 2 hosts with a 2 s pause: {took:.1f}s")
@@ -287,10 +300,16 @@ def test_a_reload_records_the_config_version(
 ) -> None:
     node = local_node(operator, tmp_path, "n1")
     version = draft(operator, "edge")["version_id"]
-    created = _create(
-        operator, playbook="reload", config_version=version, selector={"tags": [], "nodes": ["n1"]}
-    )
-    got = _wait_end(viewer, created["id"])
+    body = {"playbook": "reload", "config_version": version, "selector": {"nodes": ["n1"]}}
+
+    # No core to chain to: the master cannot render the edge's config, so nothing runs.
+    refused = _wait_end(viewer, _create(operator, **body)["id"])
+    assert refused["status"] == "failed", refused
+    assert "n1" in refused["error"] and "no online core node" in refused["error"], refused
+    assert not (node["prefix"] / "config").exists()
+
+    register(operator, "core-x", "core", "cn")  # a peer, not a target of the reload
+    got = _wait_end(viewer, _create(operator, **body)["id"])
     assert got["status"] == "successful", got
     assert (node["prefix"] / "config").read_text().strip() == str(version)
     stored = viewer.get(f"/api/v1/nodes/{node['id']}").json
