@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv proto demo test test-fast lint bench clean
+.PHONY: venv proto demo demo-relay host-deps test test-fast lint bench clean
 
 venv: $(STAMP)
 
@@ -20,10 +20,24 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev,master]'
 	touch $(STAMP)
 
-# The whole loop on this machine. Until the master deploys relays itself, the relay-level demo:
-# origin, core and edge in their own processes, one streamed completion through them.
-demo: venv
+# The whole loop on this machine (master_api/demo): the master deploys the relay through Ansible
+# to two podman hosts (a core and an edge), a completion streams through them, a config change
+# is applied hot under a running stream, then rolled back. It sets itself up: apt packages (as
+# root), the venv with the ansible and demo extras, the hosts' image. DEMO_ARGS=--keep leaves
+# the fleet running.
+demo: host-deps venv-ansible molecule-image
+	$(ANSIBLE_ENV) $(PY) -m master_api.demo $(DEMO_ARGS)
+
+# The relay alone, in seconds: origin, core and edge as local processes, one streamed completion.
+demo-relay: venv
 	$(PY) -m relay.demo
+
+# Debian packages the Ansible side needs here (podman hosts): installed when missing.
+host-deps:
+	@missing=""; for tool in podman runc debootstrap; do \
+	  command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing$$missing (apt)"; apt-get update -qq && apt-get install -y -qq$$missing; fi
 
 test: venv proto
 	$(PY) -m pytest -q
@@ -54,7 +68,7 @@ ANSIBLE_ENV   := PATH="$(CURDIR)/$(VENV)/bin:$$PATH"
 venv-ansible: $(ANSIBLE_STAMP)
 
 $(ANSIBLE_STAMP): pyproject.toml | $(STAMP)
-	$(PY) -m pip install --quiet -e '.[dev,ansible]'
+	$(PY) -m pip install --quiet -e '.[dev,master,ansible,demo]'
 	touch $@
 
 molecule-image:

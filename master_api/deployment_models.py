@@ -10,6 +10,11 @@ selector chose when it was created. Its lifecycle::
 the hosts it had touched. ``interrupted``: the master running it died (or shut down) mid-run;
 the next leader marks it so it is never left ``running``.
 
+An *external* deployment is a plain ``ansible-playbook`` run reporting itself through the
+``aicdn_events`` callback: it starts ``running``, its events are posted by the run, and its
+``playbook_on_stats`` event ends it (``successful`` or ``failed``); one that stops reporting
+for ``deploy_idle_timeout`` is marked ``interrupted``.
+
 Times are epoch seconds (``shared/mongo.md`` rule 4); ISO strings are derived for display.
 """
 
@@ -189,6 +194,9 @@ class Deployment:
     error: str | None = None
     result: PhaseResult | None = None
     rollback: PhaseResult | None = None
+    external: bool = False
+    """A plain ``ansible-playbook`` run that reports itself (the ``aicdn_events`` callback):
+    created ``running``, never claimed by a master; its events and end come from the run."""
 
     @property
     def active(self) -> bool:
@@ -222,6 +230,7 @@ class Deployment:
             "error": self.error,
             "result": self.result.to_json() if self.result else None,
             "rollback": self.rollback.to_json() if self.rollback else None,
+            "external": self.external,
         }
 
 

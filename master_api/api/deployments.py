@@ -31,6 +31,7 @@ from master_api.deployment_models import (
 from master_api.errors import BadRequest
 from master_api.extensions import repos, services, settings
 from master_api.models import NODE_TYPES
+from master_api.services.external_runs import ExternalEvent, ExternalRun
 
 __all__ = ["bp"]
 
@@ -156,6 +157,56 @@ EVENTS_QUERY = Schema(
 
 _NOT_FOUND = Reply(404, "No such deployment", shapes.ERROR)
 
+EXTERNAL_IN = Schema(
+    "ExternalRunCreate",
+    [
+        Field(
+            "playbook",
+            "string",
+            "the playbook's file name (deploy.yml)",
+            required=True,
+            pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}$",
+        ),
+        Field("source", "string", "what runs it (default ansible-playbook)", max_length=64),
+    ],
+    ExternalRun,
+)
+
+EXTERNAL_EVENT_IN = Schema(
+    "ExternalEvent",
+    [
+        Field("event", "string", "Ansible's event name", required=True,
+              pattern=r"^[a-z][a-z0-9_]{0,63}$"),
+        Field("counter", "integer", "the run's own event number (1, 2, ...)", required=True,
+              minimum=1, maximum=10_000_000),
+        Field("host", "string", "the host of a result", max_length=255),
+        Field("task", "string", "the task's name", max_length=1024),
+        Field("data", "object", "the rest of the event (status, changed, msg, rc, stats...)"),
+    ],
+    ExternalEvent,
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class EventBatch:
+    events: tuple[ExternalEvent, ...]
+
+
+EVENT_BATCH_IN = Schema(
+    "ExternalEventBatch",
+    [
+        Field(
+            "events",
+            "array",
+            "events in the run's order",
+            required=True,
+            items=Field("event", "object", nested=EXTERNAL_EVENT_IN),
+            max_items=500,
+        )
+    ],
+    EventBatch,
+)
+
 
 @api_route(
     bp,
@@ -257,3 +308,36 @@ def deployment_events(deployment_id: str, query: EventsQuery) -> Any:
 def cancel_deployment(deployment_id: str) -> Any:
     deployment = services().deployments.cancel(deployment_id, current_identity().name)
     return deployment.to_json(), 200 if deployment.status == "canceled" else 202
+
+
+@api_route(
+    bp,
+    "/deployments/external",
+    "POST",
+    summary="Register a plain ansible-playbook run reporting itself (the aicdn_events callback)",
+    access="operator",
+    body=EXTERNAL_IN,
+    replies=[Reply(201, "Registered, running", shapes.DEPLOYMENT)],
+)
+def register_external_run(body: ExternalRun) -> Any:
+    deployment = services().external_runs.register(body, current_identity().name)
+    g.aicdn_target = deployment.id
+    return deployment.to_json(), 201
+
+
+@api_route(
+    bp,
+    "/deployments/<deployment_id>/events",
+    "POST",
+    summary="Events of an external run, in batches; its playbook_on_stats event ends it",
+    access="operator",
+    body=EVENT_BATCH_IN,
+    replies=[
+        Reply(202, "Stored (a batch sent again is stored once)", shapes.DEPLOYMENT),
+        _NOT_FOUND,
+        Reply(409, "Not an external run, or it has ended", shapes.ERROR),
+    ],
+)
+def report_external_events(deployment_id: str, body: EventBatch) -> Any:
+    deployment = services().external_runs.report(deployment_id, body.events)
+    return deployment.to_json(), 202

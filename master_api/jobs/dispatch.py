@@ -70,6 +70,9 @@ class DeploymentDispatcher:
         alive.add(self.member_id)
         marked: list[str] = []
         for d in self._repos.deployments.with_status("running"):
+            if d.external:
+                self._reap_external(d, now, marked)
+                continue
             owner = d.owner or ""
             if owner == self.member_id and d.id in running_here:
                 continue
@@ -93,6 +96,26 @@ class DeploymentDispatcher:
                 log.warning("deployment %s interrupted: %s", d.id, reason)
         self._release_orphan_locks(now)
         return marked
+
+    def _reap_external(self, d: Deployment, now: float, marked: list[str]) -> None:
+        """An external run is alive while it reports: silent for ``deploy_idle_timeout`` (the
+        bound a master's own runs get too), it is marked ``interrupted``."""
+        if now - d.updated_at < self._settings.deploy_idle_timeout:
+            return
+        reason = (
+            f"its ansible-playbook run stopped reporting "
+            f"({self._settings.deploy_idle_timeout:g} s without an event)"
+        )
+        if self._repos.deployments.finish_external(d.id, "interrupted", None, now, reason):
+            append_event(
+                self._repos.deployment_events,
+                d,
+                "deployment_finished",
+                {"status": "interrupted", "error": reason},
+                now,
+            )
+            marked.append(d.id)
+            log.warning("external run %s interrupted: %s", d.id, reason)
 
     def _release_orphan_locks(self, now: float) -> None:
         for lock in self._repos.deployment_locks.all():

@@ -12,7 +12,10 @@ with a ProxyCommand, ``ansible_python_interpreter`` on a local connection...):
 
 * ``ansible_host``, ``ansible_port``, ``ansible_user``, ``ansible_become``;
 * ``ansible_connection``, with a value from ``Settings.deploy_connections`` (default ``ssh``
-  only; the local test and demo hosts need ``local`` there);
+  only; the local test hosts need ``local`` there, the demo's containers
+  ``community.docker.nsenter``);
+* ``ansible_nsenter_pid`` (an integer), for hosts on that connection: a process of the
+  container to enter (it only matters once an operator allowed ``community.docker.nsenter``);
 * variables named ``aicdn_*``, ``relay_*``, ``tuning_*`` or ``monitoring_*`` (role inputs).
 
 Anything else refuses the deployment with :class:`InventoryError` naming the node and variable.
@@ -34,7 +37,14 @@ __all__ = ["ANSIBLE_VARS_KEY", "InventoryError", "host_vars", "inventory_documen
 #: The node metadata key whose object holds extra host variables.
 ANSIBLE_VARS_KEY = "ansible_vars"
 _ALLOWED_NAMES = frozenset(
-    {"ansible_host", "ansible_port", "ansible_user", "ansible_become", "ansible_connection"}
+    {
+        "ansible_host",
+        "ansible_port",
+        "ansible_user",
+        "ansible_become",
+        "ansible_connection",
+        "ansible_nsenter_pid",
+    }
 )
 _ALLOWED_PREFIXES = ("aicdn_", "relay_", "tuning_", "monitoring_")
 _VAR_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,63}$")
@@ -65,6 +75,10 @@ def _extra_vars(node: Node, connections: Sequence[str]) -> dict[str, Any]:
                 f"{where}.{name} is not allowed (allowed: {', '.join(sorted(_ALLOWED_NAMES))} "
                 f"and names starting with {', '.join(_ALLOWED_PREFIXES)})"
             )
+        if name == "ansible_nsenter_pid" and (
+            isinstance(value, bool) or not isinstance(value, int)
+        ):
+            raise InventoryError(f"{where}.ansible_nsenter_pid must be an integer (a PID)")
         if name == "ansible_connection" and value not in connections:
             raise InventoryError(
                 f"{where}.ansible_connection {value!r} is not allowed here "

@@ -155,6 +155,40 @@ class DeploymentsRepo(BaseRepo):
         )
         return result.modified_count == 1
 
+    @db_call()
+    def touch_external(self, deployment_id: str, now: float) -> bool:
+        """An external run reported again: it is alive (see ``DeploymentDispatcher.reap``)."""
+        result = self.collection.update_one(
+            all_of({"_id": deployment_id}, {"status": "running"}, {"external": True}),
+            {"$set": {"updated_at": now}},
+        )
+        return result.matched_count == 1
+
+    @db_call()
+    def finish_external(
+        self,
+        deployment_id: str,
+        status: str,
+        result: PhaseResult | None,
+        now: float,
+        error: str | None = None,
+    ) -> bool:
+        """An external run ended (or stopped reporting): running -> ``status``, with its host
+        results; False when it had already ended."""
+        changes: Document = {
+            "status": status,
+            "error": error,
+            "finished_at": now,
+            "updated_at": now,
+        }
+        if result is not None:
+            changes["result"] = _phase_doc(result)
+        done = self.collection.update_one(
+            all_of({"_id": deployment_id}, {"status": "running"}, {"external": True}),
+            {"$set": changes},
+        )
+        return done.modified_count == 1
+
 
 def _filter(status: str | None, playbook: str | None) -> Document:
     clauses: list[Document] = []
@@ -196,6 +230,7 @@ def _doc(d: Deployment) -> Document:
         "error": d.error,
         "result": _phase_doc(d.result) if d.result else None,
         "rollback": _phase_doc(d.rollback) if d.rollback else None,
+        "external": d.external,
     }
 
 
@@ -220,6 +255,7 @@ def _phase_doc(phase: PhaseResult) -> Document:
         ],
         "touched": list(phase.touched),
         "error": phase.error,
+        "config_versions": dict(phase.config_versions),
     }
 
 
@@ -306,4 +342,5 @@ def _deployment(doc: Document) -> Deployment:
         error=None if doc.get("error") is None else str(doc["error"]),
         result=_phase(doc.get("result")),
         rollback=_phase(doc.get("rollback")),
+        external=bool(doc.get("external")),
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 from master_api.repos import Repos
 from master_api.services.configs import ConfigService
 from master_api.services.deployments import DeploymentService
+from master_api.services.external_runs import ExternalRuns
 from master_api.services.nodes import NodeService
 from master_api.services.passwords import Passwords
 from master_api.settings import Settings
@@ -23,3 +24,4 @@ class Services:
         self.configs = ConfigService(repos, settings)
         self.nodes = NodeService(repos, settings, self.configs)
         self.deployments = DeploymentService(repos, settings)
+        self.external_runs = ExternalRuns(repos)

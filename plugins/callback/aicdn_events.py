@@ -13,9 +13,9 @@ author: AI CDN Tunnel authors (@aicdn)
 description:
   - Sends the events of a playbook run (plays, tasks, per-host results and the final stats) to
     the master, so a deploy started by hand shows up beside those the master runs itself.
-  - On start it registers the run as a deployment (C(POST /api/v1/deployments)) unless
-    O(deployment_id) names one; events are posted in batches to
-    C(POST /api/v1/deployments/{id}/events).
+  - On start it registers the run as an external deployment
+    (C(POST /api/v1/deployments/external)) unless O(deployment_id) names one; events are posted
+    in batches to C(POST /api/v1/deployments/{id}/events), and the final stats end it.
   - Never fails the play. When the master cannot be reached it warns once and stops reporting
     for the rest of the run.
   - Results are reduced to what an operator needs (status, changed, msg, rc); a task with
@@ -134,19 +134,21 @@ class CallbackModule(CallbackBase):
         except Exception as exc:
             self._give_up("post events", exc)
 
-    def _emit(self, event: str, **data: Any) -> None:
+    def _emit(self, event: str, host: str | None = None, task: str | None = None,
+              **data: Any) -> None:
         if self._broken:
             return
         self._counter += 1
-        self._buffer.append(
-            {
-                "event": event,
-                "counter": self._counter,
-                "created": datetime.now(UTC).isoformat(),
-                "play": self._play,
-                **data,
-            }
-        )
+        entry: dict[str, Any] = {
+            "event": event,
+            "counter": self._counter,
+            "data": {"created": datetime.now(UTC).isoformat(), "play": self._play, **data},
+        }
+        if host is not None:
+            entry["host"] = host
+        if task is not None:
+            entry["task"] = task
+        self._buffer.append(entry)
         if len(self._buffer) >= self.get_option("batch_size"):
             self._flush()
 
@@ -158,8 +160,8 @@ class CallbackModule(CallbackBase):
         if self._deployment is None:
             try:
                 answer = self._post(
-                    "/api/v1/deployments",
-                    {"playbook": name, "source": "ansible-playbook", "external": True},
+                    "/api/v1/deployments/external",
+                    {"playbook": name, "source": "ansible-playbook"},
                 )
             except Exception as exc:
                 self._give_up("register the run", exc)
@@ -206,7 +208,7 @@ class CallbackModule(CallbackBase):
         self._result("runner_on_unreachable", "unreachable", result)
 
     def v2_playbook_on_stats(self, stats: Any) -> None:
-        summary = {host: stats.summarize(host) for host in sorted(stats.processed)}
-        failed = any(s["failures"] or s["unreachable"] for s in summary.values())
+        summary = [{"host": host, **stats.summarize(host)} for host in sorted(stats.processed)]
+        failed = any(s["failures"] or s["unreachable"] for s in summary)
         self._emit("playbook_on_stats", stats=summary, status="failed" if failed else "successful")
         self._flush()

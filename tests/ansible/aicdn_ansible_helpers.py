@@ -49,8 +49,9 @@ def ansible_env(**extra: str) -> dict[str, str]:
 
 @dataclass
 class StubMaster:
-    """A stand-in for the master's REST API (DESIGN §4.3) as far as the plugins use it:
-    login, paged GET /nodes, deployments and their events. Records what it receives."""
+    """A stand-in for the master's REST API (DESIGN §4.3) as far as the inventory plugin uses
+    it: login and paged GET /nodes. Records what it receives. (The callback's reports are
+    tested against the real master, tests/master/test_external_runs.py.)"""
 
     nodes: list[dict[str, Any]]
     username: str = "operator"
@@ -59,8 +60,6 @@ class StubMaster:
     url: str = ""
     logins: int = 0
     node_requests: list[dict[str, list[str]]] = field(default_factory=list)
-    deployments: list[dict[str, Any]] = field(default_factory=list)
-    events: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _handler(master: StubMaster) -> type[BaseHTTPRequestHandler]:
@@ -100,17 +99,7 @@ def _handler(master: StubMaster) -> type[BaseHTTPRequestHandler]:
                 return
             if not self._authorized():
                 return
-            if path == "/api/v1/deployments":
-                deployment = {"id": f"d{len(master.deployments) + 1}", **self._body()}
-                master.deployments.append(deployment)
-                self._send(201, deployment)
-            elif path.startswith("/api/v1/deployments/") and path.endswith("/events"):
-                deployment_id = path.split("/")[4]
-                for event in self._body()["events"]:
-                    master.events.append({"deployment": deployment_id, **event})
-                self._send(202, {"accepted": True})
-            else:
-                self._send(404, {"error": "not_found", "message": path})
+            self._send(404, {"error": "not_found", "message": path})
 
         def do_GET(self) -> None:
             url = urlsplit(self.path)

@@ -7,9 +7,6 @@ AICDN_REQUIRE_MOLECULE=1 (set by .ci/run and `make test-ansible`), where that is
 
 from __future__ import annotations
 
-import os
-import resource
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -21,28 +18,6 @@ pytestmark = [pytest.mark.molecule, pytest.mark.slow]
 
 #: Upper bound for one scenario (they take 3-6 minutes on 2 cores).
 TIMEOUT = 25 * 60
-
-
-@pytest.fixture(scope="module")
-def molecule_env() -> dict[str, str]:
-    required = os.environ.get("AICDN_REQUIRE_MOLECULE") == "1"
-    missing = [tool for tool in ("podman", "runc") if shutil.which(tool) is None]
-    if missing or os.geteuid() != 0:
-        reason = f"molecule needs root and {', '.join(missing) or 'podman'}"
-        if required:
-            pytest.fail(f"{reason} (AICDN_REQUIRE_MOLECULE=1)")
-        pytest.skip(reason)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    # Instances get the open-file limit this shell may hand out (no CAP_SYS_RESOURCE here).
-    env["AICDN_NOFILE"] = str(resource.getrlimit(resource.RLIMIT_NOFILE)[1])
-    env["ANSIBLE_FORCE_COLOR"] = "0"
-    env["PY_COLORS"] = "0"
-    env["ANSIBLE_NOCOLOR"] = "1"
-    subprocess.run(
-        ["bash", str(REPO / "molecule/image/build.sh")], env=env, check=True, timeout=1200
-    )
-    return env
 
 
 @pytest.mark.parametrize("scenario", ["default", "rollout"])
