@@ -27,7 +27,7 @@ from typing import Any
 import uvloop
 import yaml
 
-from tests.certs import issue, make_ca
+from relay.dev_pki import issue, make_ca
 from tests.processes import RELAY, free_port, wait_http
 
 _TICK = os.sysconf("SC_CLK_TCK")
