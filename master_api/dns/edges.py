@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from socket import AF_INET, AF_INET6
 from types import MappingProxyType
 
 from master_api.errors import StoreUnavailable
@@ -51,6 +53,13 @@ class Edge:
     region: str
     ipv4: tuple[str, ...]
     ipv6: tuple[str, ...]
+    packed4: tuple[bytes, ...] = field(init=False, repr=False, compare=False)
+    """``ipv4`` as 4-byte RDATA, packed once here rather than per query."""
+    packed6: tuple[bytes, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "packed4", tuple(socket.inet_pton(AF_INET, a) for a in self.ipv4))
+        object.__setattr__(self, "packed6", tuple(socket.inet_pton(AF_INET6, a) for a in self.ipv6))
 
 
 def _empty() -> Mapping[str, tuple[Edge, ...]]:

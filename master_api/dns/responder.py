@@ -14,8 +14,8 @@ What it answers, for a query (QR=0, opcode QUERY, one question, class IN):
 * another opcode: NOTIMP; not exactly one question, several OPT records, a malformed
   client-subnet option: FORMERR; EDNS version above 0: BADVERS.
 
-Dropped without a reply: anything that does not parse, and responses (QR=1; answering them
-would let two servers bounce packets at each other).
+Dropped without a reply: anything that does not parse, responses (QR=1; answering them would
+let two servers bounce packets at each other), and names longer than DNS allows.
 
 The client's location is the EDNS Client Subnet when the resolver sent one with a non-zero
 prefix (the reply echoes it with that scope), else the address the query came from.
@@ -25,32 +25,29 @@ from __future__ import annotations
 
 import itertools
 import logging
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from dnslib import (
-    AAAA,
-    CLASS,
-    EDNS0,
-    NS,
-    OPCODE,
-    QTYPE,
-    RCODE,
-    RR,
-    SOA,
-    A,
-    DNSError,
-    DNSHeader,
-    DNSLabel,
-    DNSQuestion,
-    DNSRecord,
-    EDNSOption,
-)
+from dnslib import OPCODE, QTYPE, DNSError, DNSRecord
 
 from master_api.dns.config import DnsConfig, Labels
 from master_api.dns.edges import Edge, EdgeView
 from master_api.dns.geo import IPAddress, country_of
-from master_api.dns.wire import ECS_OPTION_CODE, BadClientSubnet, ClientSubnet
+from master_api.dns.wire import (
+    AA,
+    ECS_OPTION_CODE,
+    QR,
+    QUESTION_POINTER,
+    TC,
+    BadClientSubnet,
+    ClientSubnet,
+    encode_message,
+    encode_name,
+    encode_opt,
+    encode_question,
+    encode_record,
+)
 
 __all__ = ["DnsStats", "Responder"]
 
@@ -61,11 +58,22 @@ MAX_UDP_PAYLOAD = 1232
 #: A UDP reply to a query without EDNS (RFC 1035).
 CLASSIC_UDP_PAYLOAD = 512
 MAX_TCP_PAYLOAD = 65535
-BADVERS = 16
-_ANY = 255
+NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED, BADVERS = 0, 1, 2, 3, 4, 5, 16
+RCODE_NAMES = {
+    NOERROR: "NOERROR",
+    FORMERR: "FORMERR",
+    SERVFAIL: "SERVFAIL",
+    NXDOMAIN: "NXDOMAIN",
+    NOTIMP: "NOTIMP",
+    REFUSED: "REFUSED",
+    BADVERS: "BADVERS",
+}
+TYPE_A, TYPE_NS, TYPE_SOA, TYPE_AAAA, TYPE_OPT, TYPE_ANY = 1, 2, 6, 28, 41, 255
+CLASS_IN = 1
 _ZONE_TRANSFERS = frozenset({251, 252})  # IXFR, AXFR
 #: SOA timers other than the serial and the minimum: refresh, retry, expire (RFC 1912 values).
 _SOA_TIMERS = (3600, 600, 604800)
+_NS_TTL = 3600
 
 
 @dataclass(slots=True)
@@ -75,7 +83,7 @@ class DnsStats:
     queries: int = 0
     """Messages that parsed as queries."""
     dropped: int = 0
-    """Messages dropped: unparsable, responses, or replies that could not be encoded."""
+    """Messages dropped: unparsable, responses, names too long to echo."""
     rcodes: dict[str, int] = field(default_factory=dict)
     """Replies by RCODE name (NOERROR, NXDOMAIN, REFUSED, ...)."""
     truncated: int = 0
@@ -85,12 +93,19 @@ class DnsStats:
 class _Query:
     """What the answer depends on, read from a parsed message."""
 
-    record: DNSRecord
-    question: DNSQuestion
+    qid: int
+    flags: int
+    """The reply's flags so far: QR, the query's opcode and RD."""
+    question: bytes
+    """The question as asked, in wire format."""
+    qtype: int
+    qclass: int
     name: Labels
+    """The question's name, lower-cased."""
     edns: bool
     edns_version: int
     payload: int
+    """Largest UDP reply the client takes."""
     subnet: ClientSubnet | None
 
 
@@ -115,23 +130,17 @@ class Responder:
         self._locate = locate
         self._turn = itertools.count()
         self.stats = DnsStats()
-        zone = DNSLabel(list(config.zone))
-        mname = DNSLabel(list(config.nameservers[0])) if config.nameservers else zone
-        self._zone = zone
-        self._soa = RR(
-            zone,
-            QTYPE.SOA,
-            ttl=config.ttl,
-            rdata=SOA(
-                mname,
-                DNSLabel([b"hostmaster", *config.zone]),
-                (config.serial, *_SOA_TIMERS, config.ttl),
-            ),
+        # Everything that does not depend on the query is encoded once, here.
+        zone = encode_name(config.zone)
+        mname = encode_name(config.nameservers[0]) if config.nameservers else zone
+        rname = encode_name((b"hostmaster", *config.zone))
+        times = struct.pack("!5I", config.serial, *_SOA_TIMERS, config.ttl)
+        self._soa = encode_record(zone, TYPE_SOA, config.ttl, mname + rname + times)
+        self._ns = tuple(
+            encode_record(zone, TYPE_NS, _NS_TTL, encode_name(name)) for name in config.nameservers
         )
-        self._ns = [
-            RR(zone, QTYPE.NS, ttl=3600, rdata=NS(DNSLabel(list(name))))
-            for name in config.nameservers
-        ]
+        self._a_head = struct.pack("!HHIH", TYPE_A, CLASS_IN, config.ttl, 4)
+        self._aaaa_head = struct.pack("!HHIH", TYPE_AAAA, CLASS_IN, config.ttl, 16)
 
     # ------------------------------------------------------------------------------------------
     # DANGER ZONE: runs per packet, on input anyone on the internet can send.
@@ -149,74 +158,70 @@ class Responder:
             return None
         self.stats.queries += 1
         try:
-            reply = self._reply(record, peer, tcp)
-        except DNSError as exc:  # an echoed name that dnslib parsed but cannot encode
+            return self._reply(record, peer, tcp)
+        except ValueError as exc:  # a name dnslib parsed that DNS does not allow (> 255 bytes)
             log.debug("dropped a query from %s: %s", peer, exc)
             self.stats.dropped += 1
             return None
-        return reply
 
     def _reply(self, record: DNSRecord, peer: IPAddress, tcp: bool) -> bytes:
         try:
             query = _read_query(record)
         except _FormErr as exc:
             log.debug("FORMERR to %s: %s", peer, exc)
-            return self._error(record, RCODE.FORMERR, edns=_has_opt(record))
+            return self._error(record, FORMERR)
         if query is None:
-            return self._error(record, RCODE.NOTIMP, edns=_has_opt(record))
+            return self._error(record, NOTIMP)
         if query.edns_version > 0:
             return self._pack(query, BADVERS, aa=False, tcp=tcp)
-        qtype, qclass = query.question.qtype, query.question.qclass
-        if qclass not in (CLASS.IN, _ANY) or not self._config.in_zone(query.name):
-            return self._pack(query, RCODE.REFUSED, aa=False, tcp=tcp)
+        qtype, config = query.qtype, self._config
+        if query.qclass not in (CLASS_IN, TYPE_ANY) or not config.in_zone(query.name):
+            return self._pack(query, REFUSED, aa=False, tcp=tcp)
         if qtype in _ZONE_TRANSFERS:
-            return self._pack(query, RCODE.REFUSED, aa=False, tcp=tcp)
-        if query.name in self._config.hostnames:
+            return self._pack(query, REFUSED, aa=False, tcp=tcp)
+        if query.name in config.hostnames:
             return self._edges(query, peer, tcp)
-        if query.name == self._config.zone:
-            if qtype in (QTYPE.SOA, _ANY):
-                return self._pack(query, RCODE.NOERROR, answers=[self._soa], tcp=tcp)
-            if qtype == QTYPE.NS and self._ns:
-                return self._pack(query, RCODE.NOERROR, answers=self._ns, tcp=tcp)
-            return self._pack(query, RCODE.NOERROR, authority=[self._soa], tcp=tcp)
-        if query.name in self._config.empty_nonterminals:
-            return self._pack(query, RCODE.NOERROR, authority=[self._soa], tcp=tcp)
-        return self._pack(query, RCODE.NXDOMAIN, authority=[self._soa], tcp=tcp)
+        if query.name == config.zone:
+            if qtype in (TYPE_SOA, TYPE_ANY):
+                return self._pack(query, NOERROR, answers=(self._soa,), tcp=tcp)
+            if qtype == TYPE_NS and self._ns:
+                return self._pack(query, NOERROR, answers=self._ns, tcp=tcp)
+            return self._pack(query, NOERROR, authority=(self._soa,), tcp=tcp)
+        if query.name in config.empty_nonterminals:
+            return self._pack(query, NOERROR, authority=(self._soa,), tcp=tcp)
+        return self._pack(query, NXDOMAIN, authority=(self._soa,), tcp=tcp)
 
     def _edges(self, query: _Query, peer: IPAddress, tcp: bool) -> bytes:
-        qtype = query.question.qtype
-        if qtype not in (QTYPE.A, QTYPE.AAAA, _ANY):
-            return self._pack(query, RCODE.NOERROR, authority=[self._soa], tcp=tcp)
+        qtype = query.qtype
+        if qtype not in (TYPE_A, TYPE_AAAA, TYPE_ANY):
+            return self._pack(query, NOERROR, authority=(self._soa,), tcp=tcp)
         view = self._view()
         subnet = query.subnet if query.subnet and query.subnet.source_prefix > 0 else None
         client = subnet.address if subnet else peer
-        region = self._config.regions.region_of(self._locate(client))
-        found = view.nearest(self._config.regions.order(region, view.regions))
+        regions = self._config.regions
+        found = view.nearest(regions.order(regions.region_of(self._locate(client)), view.regions))
         if not view.loaded or found is None:
-            return self._pack(query, RCODE.SERVFAIL, aa=False, tcp=tcp)
-        answers = self._records(query, found[1])
+            return self._pack(query, SERVFAIL, aa=False, tcp=tcp)
+        answers = self._records(qtype, found[1])
         if not answers:
-            return self._pack(query, RCODE.NOERROR, authority=[self._soa], tcp=tcp)
+            return self._pack(query, NOERROR, authority=(self._soa,), tcp=tcp)
         scope = subnet.source_prefix if subnet else 0
-        return self._pack(query, RCODE.NOERROR, answers=answers, tcp=tcp, scope=scope)
+        return self._pack(query, NOERROR, answers=answers, tcp=tcp, scope=scope)
 
-    def _records(self, query: _Query, edges: tuple[Edge, ...]) -> list[RR]:
+    def _records(self, qtype: int, edges: tuple[Edge, ...]) -> list[bytes]:
         """Up to ``max_answers`` addresses of ``edges``, starting at a rotating offset so
         that successive queries spread clients over the region's edges."""
-        qtype = query.question.qtype
-        owner, ttl = query.question.qname, self._config.ttl
-        start = next(self._turn)
-        count = len(edges)
-        records: list[RR] = []
+        start, count, limit = next(self._turn), len(edges), self._config.max_answers
+        records: list[bytes] = []
         for index in range(count):
             edge = edges[(start + index) % count]
-            if qtype in (QTYPE.A, _ANY):
-                records.extend(RR(owner, QTYPE.A, ttl=ttl, rdata=A(ip)) for ip in edge.ipv4)
-            if qtype in (QTYPE.AAAA, _ANY):
-                records.extend(RR(owner, QTYPE.AAAA, ttl=ttl, rdata=AAAA(ip)) for ip in edge.ipv6)
-            if len(records) >= self._config.max_answers:
+            if qtype != TYPE_AAAA:
+                records.extend(QUESTION_POINTER + self._a_head + ip for ip in edge.packed4)
+            if qtype != TYPE_A:
+                records.extend(QUESTION_POINTER + self._aaaa_head + ip for ip in edge.packed6)
+            if len(records) >= limit:
                 break
-        return records[: self._config.max_answers]
+        return records[:limit]
 
     # ------------------------------------------------------------------------------------------
     # Encoding
@@ -226,85 +231,65 @@ class Responder:
         query: _Query,
         rcode: int,
         *,
-        answers: list[RR] | None = None,
-        authority: list[RR] | None = None,
+        answers: tuple[bytes, ...] | list[bytes] = (),
+        authority: tuple[bytes, ...] | list[bytes] = (),
         aa: bool = True,
         tcp: bool,
         scope: int = 0,
     ) -> bytes:
-        request = query.record.header
         self._count(rcode)
-        header = DNSHeader(
-            id=request.id,
-            qr=1,
-            opcode=request.opcode,
-            aa=int(aa),
-            rd=request.rd,
-            rcode=rcode & 0x0F,  # the high bits go in the OPT record (BADVERS)
-        )
-        additional: list[RR] = []
+        flags = query.flags | (AA if aa else 0) | (rcode & 0x0F)
+        additional: tuple[bytes, ...] = ()
         if query.edns:
-            options = []
+            options: tuple[tuple[int, bytes], ...] = ()
             if query.subnet is not None:
-                options.append(EDNSOption(ECS_OPTION_CODE, query.subnet.reply(scope)))
-            additional.append(EDNS0(ext_rcode=rcode >> 4, udp_len=MAX_UDP_PAYLOAD, opts=options))
-        reply = DNSRecord(
-            header,
-            questions=[query.question],
-            rr=list(answers or ()),
-            auth=list(authority or ()),
-            ar=additional,
-        )
-        wire: bytes = reply.pack()
-        limit = MAX_TCP_PAYLOAD if tcp else query.payload
-        if len(wire) > limit:
+                options = ((ECS_OPTION_CODE, query.subnet.reply(scope)),)
+            additional = (encode_opt(MAX_UDP_PAYLOAD, rcode >> 4, options),)
+        wire = encode_message(query.qid, flags, query.question, answers, authority, additional)
+        if len(wire) > (MAX_TCP_PAYLOAD if tcp else query.payload):
             # Too big for the client's buffer: an empty, truncated reply asks it to retry
-            # over TCP (RFC 7766). Rare here: answers are capped at max_answers addresses.
+            # over TCP (RFC 7766). Rare: answers are capped at max_answers addresses.
             self.stats.truncated += 1
-            reply.header.tc = 1
-            reply.rr, reply.auth = [], []
-            wire = reply.pack()
+            wire = encode_message(query.qid, flags | TC, query.question, (), (), additional)
         return wire
 
-    def _error(self, record: DNSRecord, rcode: int, edns: bool) -> bytes:
+    def _error(self, record: DNSRecord, rcode: int) -> bytes:
         """A reply to a query we do not read further: its header and first question only."""
         self._count(rcode)
-        header = DNSHeader(
-            id=record.header.id,
-            qr=1,
-            opcode=record.header.opcode,
-            rd=record.header.rd,
-            rcode=rcode,
-        )
-        reply = DNSRecord(header, questions=record.questions[:1])
-        if edns:
-            reply.add_ar(EDNS0(udp_len=MAX_UDP_PAYLOAD))
-        wire: bytes = reply.pack()
-        return wire
+        header = record.header
+        flags = QR | (header.opcode << 11) | (header.rd << 8) | rcode
+        question = None
+        if record.questions:
+            first = record.questions[0]
+            question = encode_question(tuple(first.qname.label), first.qtype, first.qclass)
+        edns = any(rr.rtype == TYPE_OPT for rr in record.ar)
+        additional = (encode_opt(MAX_UDP_PAYLOAD),) if edns else ()
+        return encode_message(header.id, flags, question, (), (), additional)
 
     def _count(self, rcode: int) -> None:
-        name = "BADVERS" if rcode == BADVERS else str(RCODE.get(rcode, rcode))
+        name = RCODE_NAMES.get(rcode, str(rcode))
         self.stats.rcodes[name] = self.stats.rcodes.get(name, 0) + 1
-
-
-def _has_opt(record: DNSRecord) -> bool:
-    return any(rr.rtype == QTYPE.OPT for rr in record.ar)
 
 
 def _read_query(record: DNSRecord) -> _Query | None:
     """The query's parts; None for an opcode we do not implement; :class:`_FormErr` for a
-    malformed one."""
-    if record.header.opcode != OPCODE.QUERY:
+    malformed one. ValueError for a name that cannot be echoed (over 255 bytes)."""
+    header = record.header
+    if header.opcode != OPCODE.QUERY:
         return None
     if len(record.questions) != 1:
         raise _FormErr(f"{len(record.questions)} questions; exactly 1 expected")
     opts = [rr for rr in record.ar if rr.rtype == QTYPE.OPT]
     if len(opts) > 1:
         raise _FormErr(f"{len(opts)} OPT records; at most 1 allowed")
-    question = record.questions[0]
-    name = tuple(label.lower() for label in question.qname.label)
+    first = record.questions[0]
+    asked = tuple(first.qname.label)
+    question = encode_question(asked, first.qtype, first.qclass)
+    name = tuple(label.lower() for label in asked)
+    flags = QR | (header.opcode << 11) | (header.rd << 8)
+    parts = (header.id, flags, question, first.qtype, first.qclass, name)
     if not opts:
-        return _Query(record, question, name, False, 0, CLASSIC_UDP_PAYLOAD, None)
+        return _Query(*parts, False, 0, CLASSIC_UDP_PAYLOAD, None)
     opt = opts[0]
     version = (opt.ttl >> 16) & 0xFF
     payload = min(max(int(opt.rclass), CLASSIC_UDP_PAYLOAD), MAX_UDP_PAYLOAD)
@@ -318,4 +303,4 @@ def _read_query(record: DNSRecord) -> _Query | None:
                 subnet = ClientSubnet.parse(bytes(option.data))
             except BadClientSubnet as exc:
                 raise _FormErr(str(exc)) from None
-    return _Query(record, question, name, True, version, payload, subnet)
+    return _Query(*parts, True, version, payload, subnet)

@@ -9,6 +9,7 @@ idle ones closed after :data:`TCP_IDLE_TIMEOUT`, and every write waits for ``dra
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import logging
 import socket
@@ -82,14 +83,24 @@ class DnsServer:
         self._connections: set[asyncio.Task[None]] = set()
 
     async def start(self) -> DnsSockets:
-        """Bind UDP, then TCP on the same port (the UDP one when 0 was asked). Raises
-        ``OSError`` when the address is taken or not ours."""
+        """Bind UDP, then TCP on the same port. Raises ``OSError`` when the address is taken
+        or not ours. Port 0: a free UDP port whose TCP twin is free too (the kernel picks
+        them separately, so a few picks may be needed)."""
+        attempts = 20 if self._port == 0 else 1
+        for attempt in range(attempts):
+            try:
+                return await self._bind()
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE or attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _bind(self) -> DnsSockets:
         loop = asyncio.get_running_loop()
         family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
         transport, _ = await loop.create_datagram_endpoint(
             lambda: _Datagrams(self._responder), local_addr=(self._host, self._port), family=family
         )
-        self._udp = transport
         port = int(transport.get_extra_info("sockname")[1])
         try:
             self._tcp = await asyncio.start_server(
@@ -97,8 +108,8 @@ class DnsServer:
             )
         except OSError:
             transport.close()
-            self._udp = None
             raise
+        self._udp = transport
         return DnsSockets(self._host, port)
 
     async def close(self) -> None:

@@ -37,8 +37,10 @@ def make_query(
     return query
 
 
-def ask(port: int, query: DNSRecord, tcp: bool = False, timeout: float = 5.0) -> DNSRecord:
-    """Send ``query`` to 127.0.0.1:``port`` and parse the reply (which must carry its id)."""
+def ask(port: int, query: DNSRecord, tcp: bool = False, timeout: float = 3.0) -> DNSRecord:
+    """Send ``query`` to 127.0.0.1:``port`` and parse the reply (which must carry its id).
+    Over UDP it is sent up to 3 times, as resolvers do: the kernel drops datagrams when a
+    loaded machine lets the server's receive buffer fill."""
     wire = query.pack()
     if tcp:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
@@ -48,8 +50,14 @@ def ask(port: int, query: DNSRecord, tcp: bool = False, timeout: float = 5.0) ->
     else:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             sock.settimeout(timeout)
-            sock.sendto(wire, ("127.0.0.1", port))
-            data, _ = sock.recvfrom(65535)
+            for attempt in range(3):
+                sock.sendto(wire, ("127.0.0.1", port))
+                try:
+                    data, _ = sock.recvfrom(65535)
+                    break
+                except TimeoutError:
+                    if attempt == 2:
+                        raise
     reply = DNSRecord.parse(data)
     assert reply.header.id == query.header.id and reply.header.qr == 1
     return reply

@@ -79,9 +79,7 @@ def test_random_bytes_never_crash_the_responder(data: bytes) -> None:
     ),
     st.integers(0, len(VALID)),
 )
-def test_mutated_queries_never_crash_the_responder(
-    flips: list[tuple[int, int]], cut: int
-) -> None:
+def test_mutated_queries_never_crash_the_responder(flips: list[tuple[int, int]], cut: int) -> None:
     data = bytearray(VALID)
     for index, value in flips:
         data[index] = value
