@@ -29,19 +29,18 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from dnslib import OPCODE, QTYPE, DNSError, DNSRecord
+from dnslib import DNSError, DNSRecord
 
-from master_api.dns.config import DnsConfig, Labels
+from master_api.dns.config import DnsConfig
 from master_api.dns.edges import Edge, EdgeView
 from master_api.dns.geo import IPAddress, country_of
+from master_api.dns.query import MAX_UDP_PAYLOAD, FormErr, Query, read_parsed, read_simple
 from master_api.dns.wire import (
     AA,
     ECS_OPTION_CODE,
     QR,
     QUESTION_POINTER,
     TC,
-    BadClientSubnet,
-    ClientSubnet,
     encode_message,
     encode_name,
     encode_opt,
@@ -53,10 +52,6 @@ __all__ = ["DnsStats", "Responder"]
 
 log = logging.getLogger(__name__)
 
-#: Largest UDP reply we send (the DNS flag day 2020 value; avoids IP fragmentation).
-MAX_UDP_PAYLOAD = 1232
-#: A UDP reply to a query without EDNS (RFC 1035).
-CLASSIC_UDP_PAYLOAD = 512
 MAX_TCP_PAYLOAD = 65535
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED, BADVERS = 0, 1, 2, 3, 4, 5, 16
 RCODE_NAMES = {
@@ -87,30 +82,6 @@ class DnsStats:
     rcodes: dict[str, int] = field(default_factory=dict)
     """Replies by RCODE name (NOERROR, NXDOMAIN, REFUSED, ...)."""
     truncated: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class _Query:
-    """What the answer depends on, read from a parsed message."""
-
-    qid: int
-    flags: int
-    """The reply's flags so far: QR, the query's opcode and RD."""
-    question: bytes
-    """The question as asked, in wire format."""
-    qtype: int
-    qclass: int
-    name: Labels
-    """The question's name, lower-cased."""
-    edns: bool
-    edns_version: int
-    payload: int
-    """Largest UDP reply the client takes."""
-    subnet: ClientSubnet | None
-
-
-class _FormErr(Exception):
-    """The query is malformed in a way that deserves a FORMERR reply (not a drop)."""
 
 
 class Responder:
@@ -148,6 +119,20 @@ class Responder:
     def respond(self, data: bytes, peer: IPAddress, tcp: bool = False) -> bytes | None:
         """The reply to the message ``data`` that came from ``peer`` (over TCP when ``tcp``),
         or None when it must be dropped. Never raises for any input."""
+        data = bytes(data)  # a bytearray's slices would be unhashable labels
+        try:
+            query = read_simple(data)
+            if query is None:
+                return self._respond_parsed(data, peer, tcp)
+            self.stats.queries += 1
+            return self._answer(query, peer, tcp)
+        except ValueError as exc:  # a name dnslib parsed that DNS does not allow (> 255 bytes)
+            log.debug("dropped a query from %s: %s", peer, exc)
+            self.stats.dropped += 1
+            return None
+
+    def _respond_parsed(self, data: bytes, peer: IPAddress, tcp: bool) -> bytes | None:
+        """The shapes :func:`read_simple` declines: dnslib parses, errors get their RCODE."""
         try:
             record = DNSRecord.parse(data)
         except DNSError:
@@ -158,20 +143,15 @@ class Responder:
             return None
         self.stats.queries += 1
         try:
-            return self._reply(record, peer, tcp)
-        except ValueError as exc:  # a name dnslib parsed that DNS does not allow (> 255 bytes)
-            log.debug("dropped a query from %s: %s", peer, exc)
-            self.stats.dropped += 1
-            return None
-
-    def _reply(self, record: DNSRecord, peer: IPAddress, tcp: bool) -> bytes:
-        try:
-            query = _read_query(record)
-        except _FormErr as exc:
+            query = read_parsed(record)
+        except FormErr as exc:
             log.debug("FORMERR to %s: %s", peer, exc)
             return self._error(record, FORMERR)
         if query is None:
             return self._error(record, NOTIMP)
+        return self._answer(query, peer, tcp)
+
+    def _answer(self, query: Query, peer: IPAddress, tcp: bool) -> bytes:
         if query.edns_version > 0:
             return self._pack(query, BADVERS, aa=False, tcp=tcp)
         qtype, config = query.qtype, self._config
@@ -191,7 +171,7 @@ class Responder:
             return self._pack(query, NOERROR, authority=(self._soa,), tcp=tcp)
         return self._pack(query, NXDOMAIN, authority=(self._soa,), tcp=tcp)
 
-    def _edges(self, query: _Query, peer: IPAddress, tcp: bool) -> bytes:
+    def _edges(self, query: Query, peer: IPAddress, tcp: bool) -> bytes:
         qtype = query.qtype
         if qtype not in (TYPE_A, TYPE_AAAA, TYPE_ANY):
             return self._pack(query, NOERROR, authority=(self._soa,), tcp=tcp)
@@ -228,7 +208,7 @@ class Responder:
 
     def _pack(
         self,
-        query: _Query,
+        query: Query,
         rcode: int,
         *,
         answers: tuple[bytes, ...] | list[bytes] = (),
@@ -269,38 +249,3 @@ class Responder:
     def _count(self, rcode: int) -> None:
         name = RCODE_NAMES.get(rcode, str(rcode))
         self.stats.rcodes[name] = self.stats.rcodes.get(name, 0) + 1
-
-
-def _read_query(record: DNSRecord) -> _Query | None:
-    """The query's parts; None for an opcode we do not implement; :class:`_FormErr` for a
-    malformed one. ValueError for a name that cannot be echoed (over 255 bytes)."""
-    header = record.header
-    if header.opcode != OPCODE.QUERY:
-        return None
-    if len(record.questions) != 1:
-        raise _FormErr(f"{len(record.questions)} questions; exactly 1 expected")
-    opts = [rr for rr in record.ar if rr.rtype == QTYPE.OPT]
-    if len(opts) > 1:
-        raise _FormErr(f"{len(opts)} OPT records; at most 1 allowed")
-    first = record.questions[0]
-    asked = tuple(first.qname.label)
-    question = encode_question(asked, first.qtype, first.qclass)
-    name = tuple(label.lower() for label in asked)
-    flags = QR | (header.opcode << 11) | (header.rd << 8)
-    parts = (header.id, flags, question, first.qtype, first.qclass, name)
-    if not opts:
-        return _Query(*parts, False, 0, CLASSIC_UDP_PAYLOAD, None)
-    opt = opts[0]
-    version = (opt.ttl >> 16) & 0xFF
-    payload = min(max(int(opt.rclass), CLASSIC_UDP_PAYLOAD), MAX_UDP_PAYLOAD)
-    subnet = None
-    options = opt.rdata if isinstance(opt.rdata, list) else []
-    for option in options:
-        if getattr(option, "code", None) == ECS_OPTION_CODE:
-            if subnet is not None:
-                raise _FormErr("two client-subnet options")
-            try:
-                subnet = ClientSubnet.parse(bytes(option.data))
-            except BadClientSubnet as exc:
-                raise _FormErr(str(exc)) from None
-    return _Query(*parts, True, version, payload, subnet)
