@@ -3,9 +3,9 @@ healthy edges nearest to each client (``aicdn-master dns``; master_api/README.md
 
 Modules, one job each: ``config`` (typed settings), ``regions`` (country -> region, region
 fallback order), ``geo`` (IP -> country, offline), ``edges`` (the healthy-edge view and its
-refresh), ``wire`` (EDNS Client Subnet, reply encoding), ``query`` (reading a query: a
-fast path for the common shape, dnslib for the rest), ``responder`` (one query -> one reply, sans-I/O),
-``server`` (UDP/TCP sockets), ``main`` (the process).
+refresh), ``wire`` (EDNS Client Subnet, reply encoding), ``query`` (reading a query: a fast
+path for the common shape, dnslib for the rest), ``responder`` (one query -> one reply,
+sans-I/O), ``server`` (UDP/TCP sockets), ``main`` (the process).
 """
 
 from master_api.dns.config import DnsConfig
