@@ -11,18 +11,22 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from master_api.dns import DnsConfig
+from master_api.dns import DnsConfig, EdgeWatcher
 from master_api.dns.geo import country_of
 from master_api.dns.wire import ClientSubnet
 from master_api.extensions import repos
+from master_api.models import Node, NodeMetrics
+from master_api.repos import Repos
 from master_api.services.monitor import Monitor
 from master_api.settings import Settings
+from master_api.store import EmbeddedMongo, Store
 from relay.config import Address
 from tests.master.conftest import TEST_DB, Caller, base_settings, register
 from tests.master.dns_helpers import (
@@ -167,7 +171,11 @@ def test_the_reply_echoes_the_client_subnet_with_its_scope(
 
 
 def test_an_edge_that_stops_heartbeating_leaves_the_answers(
-    app: Flask, client: FlaskClient, operator: Caller, settings: Settings
+    app: Flask,
+    client: FlaskClient,
+    operator: Caller,
+    settings: Settings,
+    record_property: Any,
 ) -> None:
     quick = settings.with_overrides(heartbeat_interval=0.5)  # silent for 2 beats: 1 s
     stays = register(operator, "hk-stays", "edge", "hk", addr="192.0.2.41")
@@ -189,6 +197,7 @@ def test_an_edge_that_stops_heartbeating_leaves_the_answers(
         assert gone_after is not None, "the silent edge was still answered after 15 s"
         # two missed beats (1 s) plus a refresh (0.1 s); generous slack for a loaded machine
         assert gone_after < 2 * quick.heartbeat_interval + 4.0, gone_after
+        record_property("silent_edge_gone_after_s", round(gone_after, 2))
         # the leader's monitor then marks it offline; a heartbeat brings it back
         with app.app_context():
             monitor = Monitor(repos(app), settings)
@@ -402,3 +411,26 @@ def test_a_host_name_outside_the_zone_stops_start_up() -> None:
     )
     assert done.returncode == 1
     assert "AICDN_DNS_HOSTNAMES: 'api.other.test' is not inside AICDN_DNS_ZONE" in done.stderr
+
+
+def test_the_last_view_keeps_answering_while_the_store_is_down(tmp_path: Path) -> None:
+    store = EmbeddedMongo(tmp_path / "mongo", free_low_port())
+    store.start()
+    try:
+        repos_ = Repos(Store(store.uri, TEST_DB, 0.3).db)
+        now = time.time()
+        node = Node("e1", "e1", "edge", "hk", "192.0.2.5", 443, (), {}, "online", "", now, now)
+        repos_.nodes.create(node)
+        repos_.nodes.record_heartbeat("e1", now, NodeMetrics(), None)
+        watcher = EdgeWatcher(repos_, interval=60, max_silence=3600)
+        assert watcher.refresh()
+        before = watcher.view
+        assert [edge.name for edge in before.online["hk"]] == ["e1"]
+        store.stop()
+        assert not watcher.refresh()  # StoreUnavailable: logged, not raised
+        assert watcher.view is before
+        store.start()
+        wait_until(watcher.refresh, 30, interval=0.5)
+        assert [edge.name for edge in watcher.view.online["hk"]] == ["e1"]
+    finally:
+        store.stop()
