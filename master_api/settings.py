@@ -187,6 +187,9 @@ class Settings:
     """Next-nearest regions per region, over the built-in order: ``"hk=sg,cn,us;us=hk"``."""
     dns_nameservers: tuple[str, ...] = ()
     """Names of the zone's name servers (NS records; the first is the SOA's MNAME)."""
+    dns_metrics_addr: Address | None = None
+    """Prometheus metrics of ``aicdn-master dns`` (``host:port``, path ``/metrics``); unset:
+    none."""
 
     def __post_init__(self) -> None:
         if self.password_memory_kib < 8 * self.password_parallelism:
@@ -547,4 +550,5 @@ _PARSERS: dict[str, Callable[[object], Any]] = {
     "dns_regions": _region_lists(_country),
     "dns_region_fallback": _region_lists(_region),
     "dns_nameservers": _dns_names,
+    "dns_metrics_addr": _optional(_listen_address),
 }

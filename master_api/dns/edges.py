@@ -162,6 +162,8 @@ class EdgeWatcher:
         self._thread: threading.Thread | None = None
         self._failing = False
         self.view = EdgeView()
+        self.failures = 0
+        """Refreshes the store did not answer (a metric)."""
 
     def refresh(self) -> bool:
         """Read the inventory once and swap the view in; False (old view kept) when the store
@@ -169,6 +171,7 @@ class EdgeWatcher:
         try:
             nodes = self._repos.nodes.find(NodeFilter(type="edge"))
         except StoreUnavailable as exc:
+            self.failures += 1
             if not self._failing:
                 log.warning("edge view not refreshed (%s); answering from the last one", exc)
             self._failing = True

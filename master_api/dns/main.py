@@ -1,9 +1,10 @@
 """``aicdn-master dns``: the process. Start-up: settings -> store client (``mongo_uri``, else
 the embedded store a running ``aicdn-master serve`` keeps on ``embedded_mongo_port``; this
 command never starts one) -> the edge view (first read now, then every ``dns_refresh``) ->
-UDP and TCP on ``dns_addr``. A store that is down at start is not fatal: queries get
-SERVFAIL until the first read succeeds, and a later outage keeps the last view.
-SIGTERM/SIGINT: close the sockets, stop the refresh thread, close the store client.
+metrics on ``dns_metrics_addr`` when set -> UDP and TCP on ``dns_addr``. A store that is down
+at start is not fatal: queries get SERVFAIL until the first read succeeds, and a later outage
+keeps the last view. SIGTERM/SIGINT: close the sockets, stop the metrics server and the
+refresh thread, close the store client.
 """
 
 from __future__ import annotations
@@ -12,11 +13,14 @@ import asyncio
 import logging
 import signal
 from pathlib import Path
+from wsgiref.simple_server import WSGIServer
 
 import uvloop
+from prometheus_client import CollectorRegistry, start_http_server
 
 from master_api.dns.config import DnsConfig
 from master_api.dns.edges import EdgeWatcher
+from master_api.dns.metrics import DnsCollector
 from master_api.dns.responder import Responder
 from master_api.dns.server import DnsServer
 from master_api.repos import Repos
@@ -37,11 +41,20 @@ def run_dns(settings: Settings) -> int:
         uri = EmbeddedMongo(Path(settings.data_dir) / "mongo", settings.embedded_mongo_port).uri
     store = Store(uri, settings.mongo_db, settings.mongo_timeout)
     watcher = EdgeWatcher(Repos(store.db), config.refresh, config.max_silence)
+    metrics: WSGIServer | None = None
     try:
         watcher.start()
         responder = Responder(config, lambda: watcher.view)
+        if settings.dns_metrics_addr is not None:
+            registry = CollectorRegistry()
+            registry.register(DnsCollector(responder.stats, watcher))
+            addr = settings.dns_metrics_addr
+            metrics, _ = start_http_server(addr.port, addr.host or "0.0.0.0", registry)
+            log.info("metrics on http://%s:%d/metrics", addr.host or "0.0.0.0", metrics.server_port)
         return uvloop.run(_serve(config, responder))
     finally:
+        if metrics is not None:
+            metrics.shutdown()
         watcher.stop()
         store.close()
 

@@ -37,7 +37,7 @@ from tests.master.dns_helpers import (
     running_dns,
     subnet_option,
 )
-from tests.master.helpers import free_low_port, wait_until
+from tests.master.helpers import free_low_port, http, wait_until
 
 NAME = "api.cdn.test"
 # Client networks whose country the registries' table has long given (checked below, so a
@@ -359,7 +359,7 @@ def test_malformed_packets_are_dropped_and_the_server_keeps_answering(
 def test_the_dns_command_answers_and_stops_on_sigterm(
     fleet: dict[str, dict[str, Any]], settings: Settings
 ) -> None:
-    port = free_low_port()
+    port, metrics_port = free_low_port(), free_low_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AICDN_")}
     assert settings.mongo_uri is not None
     env.update(
@@ -371,6 +371,7 @@ def test_the_dns_command_answers_and_stops_on_sigterm(
         AICDN_DNS_HOSTNAMES=NAME,
         AICDN_DNS_TTL="15",
         AICDN_DNS_REGIONS="sg=JP",  # moves Japan from hk to sg
+        AICDN_DNS_METRICS_ADDR=f"127.0.0.1:{metrics_port}",
     )
     process = subprocess.Popen(
         [sys.executable, "-m", "master_api", "dns"],
@@ -389,6 +390,13 @@ def test_the_dns_command_answers_and_stops_on_sigterm(
 
         wait_until(answered, 30, interval=0.2)
         assert {rr.ttl for rr in ask(port, make_query(NAME, "A", HK)).rr} == {15}
+        ask(port, make_query("nope.cdn.test"))
+        scraped = http("GET", f"http://127.0.0.1:{metrics_port}/metrics")
+        assert scraped.status == 200
+        text = scraped.body.decode()
+        assert 'aicdn_dns_replies_total{rcode="NXDOMAIN"} 1.0' in text
+        assert 'aicdn_dns_edges{region="hk",tier="online"} 2.0' in text
+        assert "aicdn_dns_view_age_seconds " in text
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=30)
     finally:
