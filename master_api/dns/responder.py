@@ -159,15 +159,17 @@ class Responder:
             return self._pack(query, REFUSED, aa=False, tcp=tcp)
         if qtype in _ZONE_TRANSFERS:
             return self._pack(query, REFUSED, aa=False, tcp=tcp)
+        apex = query.name == config.zone
+        # SOA and NS first: the apex may also be a service name (the default).
+        if apex and qtype == TYPE_SOA:
+            return self._pack(query, NOERROR, answers=(self._soa,), tcp=tcp)
+        if apex and qtype == TYPE_NS and self._ns:
+            return self._pack(query, NOERROR, answers=self._ns, tcp=tcp)
         if query.name in config.hostnames:
             return self._edges(query, peer, tcp)
-        if query.name == config.zone:
-            if qtype in (TYPE_SOA, TYPE_ANY):
-                return self._pack(query, NOERROR, answers=(self._soa,), tcp=tcp)
-            if qtype == TYPE_NS and self._ns:
-                return self._pack(query, NOERROR, answers=self._ns, tcp=tcp)
-            return self._pack(query, NOERROR, authority=(self._soa,), tcp=tcp)
-        if query.name in config.empty_nonterminals:
+        if apex and qtype == TYPE_ANY:
+            return self._pack(query, NOERROR, answers=(self._soa,), tcp=tcp)
+        if apex or query.name in config.empty_nonterminals:
             return self._pack(query, NOERROR, authority=(self._soa,), tcp=tcp)
         return self._pack(query, NXDOMAIN, authority=(self._soa,), tcp=tcp)
 
@@ -235,13 +237,13 @@ class Responder:
 
     def _error(self, record: DNSRecord, rcode: int) -> bytes:
         """A reply to a query we do not read further: its header and first question only."""
-        self._count(rcode)
         header = record.header
         flags = QR | (header.opcode << 11) | (header.rd << 8) | rcode
         question = None
         if record.questions:
             first = record.questions[0]
             question = encode_question(tuple(first.qname.label), first.qtype, first.qclass)
+        self._count(rcode)  # after the question: a name too long to echo drops the reply
         edns = any(rr.rtype == TYPE_OPT for rr in record.ar)
         additional = (encode_opt(MAX_UDP_PAYLOAD),) if edns else ()
         return encode_message(header.id, flags, question, (), (), additional)

@@ -211,6 +211,20 @@ def test_an_oversized_udp_reply_is_truncated_and_complete_over_tcp() -> None:
     assert responder.stats.truncated == 1
 
 
+def test_the_apex_as_the_service_name_still_answers_soa_and_ns() -> None:
+    config = DnsConfig.from_settings(Settings(dns_zone="cdn.test", dns_nameservers=("ns.x",)))
+    responder = _responder(config)
+
+    def ask(qtype: str) -> DNSRecord:
+        query = make_query("cdn.test", qtype, "8.8.8.0/24")
+        return DNSRecord.parse(responder.respond(query.pack(), PEER))
+
+    assert addresses(ask("A")) == {"192.0.2.9"}
+    assert [rr.rtype for rr in ask("SOA").rr] == [QTYPE.SOA]
+    assert [str(rr.rdata) for rr in ask("NS").rr] == ["ns.x."]
+    assert ask("MX").header.rcode == 0 and not ask("MX").rr
+
+
 def test_before_the_first_inventory_read_the_answer_is_servfail() -> None:
     responder = _responder(view=EdgeView())
     reply = DNSRecord.parse(responder.respond(make_query("api.cdn.test").pack(), PEER))
