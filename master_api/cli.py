@@ -1,6 +1,7 @@
 """``aicdn-master``: run the master, or manage its users.
 
     aicdn-master serve [--config FILE]
+    aicdn-master dns [--config FILE]
     aicdn-master user create NAME --role admin|operator|viewer [--password-stdin]
 
 Settings come from ``AICDN_*`` variables and the optional TOML file (``--config`` or
@@ -41,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="TOML settings file (else $AICDN_CONFIG)")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run the REST API, leader election and monitor")
+    commands.add_parser("dns", help="run the smart DNS server (nearest healthy edges)")
     user = commands.add_parser("user", help="manage users")
     user_commands = user.add_subparsers(dest="user_command", required=True)
     create = user_commands.add_parser("create", help="create a user")
@@ -66,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return serve(settings)
+        if args.command == "dns":
+            from master_api.dns.main import run_dns  # only this command needs dnslib/iptocc
+
+            return run_dns(settings)
         return _create_user(settings, args.name, cast(Role, args.role), args.password_stdin)
     except (EmbeddedMongoError, SettingsError) as exc:
         print(f"aicdn-master: {exc}", file=sys.stderr)

@@ -161,6 +161,35 @@ class Settings:
     """Largest accepted request body, bytes (larger: 413)."""
     log_level: str = "info"
     """debug, info, warning or error."""
+    # -- smart DNS (``aicdn-master dns``, master_api/dns) ---------------------------------------
+    dns_addr: Address = field(default_factory=lambda: Address("0.0.0.0", 53))
+    """Where ``aicdn-master dns`` answers, UDP and TCP (``host:port``; port 0: a free one)."""
+    dns_zone: str = "aicdn.example"
+    """The zone the DNS server is authoritative for (SOA, NS); other names get REFUSED."""
+    dns_hostnames: tuple[str, ...] = ()
+    """Service names answered with the nearest healthy edges (comma separated, inside
+    ``dns_zone``). Empty: the zone apex itself."""
+    dns_ttl: int = 30
+    """TTL of the edge answers, seconds: short, so a failed edge leaves caches quickly."""
+    dns_refresh: float = 1.0
+    """How often the DNS server re-reads the edges from the store, seconds."""
+    dns_max_answers: int = 4
+    """Most edge addresses in one answer (rotated among a region's healthy edges)."""
+    dns_missed_heartbeats: int = 2
+    """An edge silent for ``heartbeat_interval`` x this is no longer answered (before the
+    leader marks it offline after ``offline_after_missed``)."""
+    dns_default_region: str = "us"
+    """Region of clients whose country is unknown or listed in no region."""
+    dns_regions: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """Countries per region, over the built-in table (master_api/dns/regions.py):
+    ``"hk=HK,MO,TW;sg=SG,MY"`` (TOML: a table of lists). A country listed moves there."""
+    dns_region_fallback: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """Next-nearest regions per region, over the built-in order: ``"hk=sg,cn,us;us=hk"``."""
+    dns_nameservers: tuple[str, ...] = ()
+    """Names of the zone's name servers (NS records; the first is the SOA's MNAME)."""
+    dns_metrics_addr: Address | None = None
+    """Prometheus metrics of ``aicdn-master dns`` (``host:port``, path ``/metrics``); unset:
+    none."""
 
     def __post_init__(self) -> None:
         if self.password_memory_kib < 8 * self.password_parallelism:
@@ -398,6 +427,67 @@ def _path(raw: object) -> str:
     return text
 
 
+_HOSTNAME_RE = re.compile(
+    r"(?=.{1,253}$)([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*"
+)
+_REGION_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")  # api.common.REGION_PATTERN
+
+
+def _dns_name(raw: object) -> str:
+    text = _text(raw).lower().rstrip(".")
+    if not _HOSTNAME_RE.fullmatch(text):
+        raise ValueError(f"bad DNS name {text!r}; expected e.g. api.cdn.example.com")
+    return text
+
+
+def _dns_names(raw: object) -> tuple[str, ...]:
+    items = list(raw) if isinstance(raw, list | tuple) else _text(raw).split(",")
+    return tuple(_dns_name(item) for item in items if _text(item))
+
+
+def _region(raw: object) -> str:
+    text = _text(raw).lower()
+    if not _REGION_RE.fullmatch(text):
+        raise ValueError(f"bad region {text!r}; expected e.g. hk, us, sg")
+    return text
+
+
+def _region_lists(
+    item: Callable[[object], str],
+) -> Callable[[object], tuple[tuple[str, tuple[str, ...]], ...]]:
+    """``"hk=HK,MO;sg=SG"`` (or a TOML table of lists) -> ((region, (item, ...)), ...)."""
+
+    def parse(raw: object) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        entries: list[tuple[object, object]]
+        if isinstance(raw, Mapping):
+            entries = list(raw.items())
+        else:
+            entries = []
+            for part in _text(raw).split(";"):
+                if not part.strip():
+                    continue
+                key, sep, value = part.partition("=")
+                if not sep:
+                    raise ValueError(f"bad entry {part.strip()!r}; expected region=A,B,...")
+                entries.append((key, value))
+        out: list[tuple[str, tuple[str, ...]]] = []
+        for region, listed in entries:
+            values: list[object] = (
+                list(listed) if isinstance(listed, list | tuple) else list(_text(listed).split(","))
+            )
+            out.append((_region(region), tuple(item(v) for v in values if _text(v))))
+        return tuple(out)
+
+    return parse
+
+
+def _country(raw: object) -> str:
+    text = _text(raw).upper()
+    if not re.fullmatch(r"[A-Z]{2}", text):
+        raise ValueError(f"bad country code {text!r}; expected ISO 3166 alpha-2, e.g. HK")
+    return text
+
+
 _PARSERS: dict[str, Callable[[object], Any]] = {
     "mongo_uri": _optional(_mongo_uri),
     "mongo_db": _db_name,
@@ -449,4 +539,16 @@ _PARSERS: dict[str, Callable[[object], Any]] = {
     "deploy_stream_max": _duration(1.0, 86400.0),
     "max_body_bytes": _integer(1024, 1024 * 1024 * 1024),
     "log_level": _choice("debug", "info", "warning", "error"),
+    "dns_addr": _listen_address,
+    "dns_zone": _dns_name,
+    "dns_hostnames": _dns_names,
+    "dns_ttl": _integer(0, 86400),
+    "dns_refresh": _duration(0.05, 60.0),
+    "dns_max_answers": _integer(1, 16),
+    "dns_missed_heartbeats": _integer(1, 1000),
+    "dns_default_region": _region,
+    "dns_regions": _region_lists(_country),
+    "dns_region_fallback": _region_lists(_region),
+    "dns_nameservers": _dns_names,
+    "dns_metrics_addr": _optional(_listen_address),
 }
