@@ -161,6 +161,9 @@ class Settings:
     """Largest accepted request body, bytes (larger: 413)."""
     log_level: str = "info"
     """debug, info, warning or error."""
+    ui_dir: str = field(default_factory=lambda: str(_REPO_ROOT / "web" / "dist"))
+    """The built web console the master serves at ``/ui`` (``make web`` builds it into the
+    checkout's ``web/dist``, the default)."""
 
     def __post_init__(self) -> None:
         if self.password_memory_kib < 8 * self.password_parallelism:
@@ -449,4 +452,5 @@ _PARSERS: dict[str, Callable[[object], Any]] = {
     "deploy_stream_max": _duration(1.0, 86400.0),
     "max_body_bytes": _integer(1024, 1024 * 1024 * 1024),
     "log_level": _choice("debug", "info", "warning", "error"),
+    "ui_dir": _path,
 }
