@@ -169,6 +169,11 @@ def test_a_config_from_draft_to_publish_diff_rollback_and_deprecate(
     draft.locator("[data-testid=create-draft]").click()
     expect(issues).to_contain_text("services[0].addr")
     expect(issues).to_contain_text("out of range")
+    # ... and at the line of the YAML it names.
+    broken_line = original.split("\n").index("  addr: :443") + 1
+    cell = issues.locator("[data-path='services[0].addr'] .issue-line")
+    expect(cell).to_have_attribute("data-line", str(broken_line))
+    expect(cell).to_contain_text("addr: :99999")
     console.shot("draft-refused")
     assert len(master.ok("GET", "/configs", user="viewer")["items"]) == 1  # nothing stored
     yaml_box.fill(original.replace("level: info", "level: debug", 1))
