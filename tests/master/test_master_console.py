@@ -8,7 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from flask import Flask
-from flask.testing import FlaskClient
 
 from master_api import create_app
 from master_api.api.routing import ROUTES
