@@ -74,6 +74,7 @@ def artifacts(request: pytest.FixtureRequest) -> Path:
     folder = ARTIFACTS / name
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
+    _SAVED.append(folder)
     return folder
 
 
@@ -98,11 +99,21 @@ def console(
     try:
         yield ui
     finally:
-        if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
-            ui.shot("failure")
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            ui.shot("failure")  # what the page showed when the test failed
         context.close()
         print(f"\nscreenshots of {request.node.name}: {artifacts}")
     assert errors == [], f"JavaScript errors in the console: {errors}"
+
+
+_SAVED: list[Path] = []
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Say where this run's screenshots are (they are kept after the run, gitignored)."""
+    if _SAVED:
+        terminalreporter.write_line(f"web console screenshots ({len(_SAVED)} tests): {ARTIFACTS}")
 
 
 @pytest.hookimpl(hookwrapper=True)
