@@ -166,6 +166,8 @@ def test_a_running_deployment_is_canceled_from_the_console(
     expect(page.locator("[data-testid=deployment-status]")).to_have_text("canceled", timeout=30_000)
     expect(page.locator("[data-testid=cancel]")).to_have_count(0)
     expect(page.locator("[data-testid=event-log]")).to_contain_text("runner canceled")
+    expect(page.locator("[data-batch=deploy-1]")).to_have_attribute("data-outcome", "canceled")
+    expect(page.locator(f"tr[data-deployment='{deployment_id}']")).to_contain_text("canceled")
     console.shot("canceled")
     stored = master.ok("GET", f"/deployments/{deployment_id}")
     assert stored["status"] == "canceled" and stored["canceled_by"] == "operator"

@@ -26,12 +26,14 @@ function newBatch(playbook, index, play) {
     task: '',
     results: { ok: 0, changed: 0, failed: 0, skipped: 0, unreachable: 0 },
     done: false,
+    outcome: null,
   }
 }
 
 /**
  * The batches seen so far, in order: [{playbook, index, play, hosts, tasks, task, results,
- * done, percent}]; `percent` is null while it cannot be measured yet.
+ * done, outcome, percent}]; `percent` is null while it cannot be measured yet, `outcome` is
+ * the run's final status when it ended in this batch other than successfully.
  */
 export function batchesOf(events) {
   const batches = []
@@ -55,6 +57,7 @@ export function batchesOf(events) {
       current.done = true
     } else if (e.event === 'runner_status' && FINAL.includes(e.data.status)) {
       current.done = true
+      if (e.data.status !== 'successful') current.outcome = e.data.status // stopped short
     }
   }
   const tasksPerPlay = {}
