@@ -52,9 +52,10 @@ def _beat(
     assert answer.status == 200, answer.body
 
 
-def _run_monitor(app: Flask) -> None:
+def _run_monitor(app: Flask, later: float = 0.0) -> None:
+    """One pass of the leader's monitor, as if ``later`` seconds from now."""
     with app.app_context():
-        Monitor(repos(), settings(), None).run_once()
+        Monitor(repos(), settings(), None).run_once(time.time() + later)
 
 
 def _text(console: Console, selector: str) -> str:
@@ -122,6 +123,19 @@ def test_log_in_and_every_screen_shows_the_fleet(console: Console, master: UiMas
     page.wait_for_selector("tr[data-alert=HighLatency]")
     assert "core-cn-1" in _text(console, "tr[data-alert=HighLatency]")
     console.shot("alerts")
+    _beat(master, core, p99_latency_ms=30.0, connections=3, max_connections=1000)
+    # 10 s on, with no heartbeat since: both reporting nodes are offline (NodeOffline), and
+    # core-cn-1's latency alert is resolved.
+    _run_monitor(master.app, later=10.0)
+    page.click("[data-testid=alerts-resolved]")
+    expect(page.locator("tr[data-alert=HighLatency]")).to_contain_text("resolved")
+    page.click("[data-testid=alerts-active]")
+    offline = page.locator("tr[data-alert=NodeOffline]")
+    expect(offline).to_have_count(2)
+    expect(offline.filter(has_text="edge-hk-1")).to_have_count(1)
+    expect(page.locator("tr[data-alert=HighLatency]")).to_have_count(0)
+    page.click("[data-testid=alerts-resolved]")
+    console.shot("alerts-resolved")
 
     page.click("[data-testid=logout]")
     page.wait_for_selector("[data-testid=session-notice]")
