@@ -95,6 +95,11 @@ def console(
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    # The console runs under the master's strict CSP: anything it refuses is a defect.
+    page.on(
+        "console",
+        lambda msg: errors.append(msg.text) if "Content Security Policy" in msg.text else None,
+    )
     ui = Console(page, master, artifacts)
     try:
         yield ui
@@ -104,7 +109,7 @@ def console(
             ui.shot("failure")  # what the page showed when the test failed
         context.close()
         print(f"\nscreenshots of {request.node.name}: {artifacts}")
-    assert errors == [], f"JavaScript errors in the console: {errors}"
+    assert errors == [], f"JavaScript errors or CSP refusals in the console: {errors}"
 
 
 _SAVED: list[Path] = []
