@@ -86,3 +86,30 @@ sanity-ansible: venv-ansible
 collection: venv-ansible
 	$(ANSIBLE_ENV) bash collections/build.sh
 # --- end Ansible ----------------------------------------------------------------------------
+
+# --- Web console (issue 9) ------------------------------------------------------------------
+# The Vue 3 console the master serves at /ui: built from web/ into web/dist (not committed)
+# with the npm registry's packages pinned by web/package-lock.json. `make test` and `make demo`
+# build it first; the browser tests (tests/ui) need the [ui] extra and Debian's chromium.
+UI_STAMP := $(VENV)/.installed-ui
+WEB_SOURCES := web/package.json web/package-lock.json web/index.html web/vite.config.js \
+	$(shell find web/src -type f 2>/dev/null)
+
+.PHONY: web venv-ui test-ui
+
+web: web/dist/index.html
+
+web/dist/index.html: $(WEB_SOURCES)
+	cd web && npm ci --no-audit --no-fund && npm run build
+
+venv-ui: $(UI_STAMP)
+
+$(UI_STAMP): pyproject.toml | $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,master,ui]'
+	touch $@
+
+test-ui: venv-ui proto web
+	$(PY) -m pytest -q tests/ui
+
+test test-fast demo: web
+# --- end Web console ------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import logging
 
 from flask import Flask
 
-from master_api import api, errors, extensions
+from master_api import api, console, errors, extensions
 from master_api.metrics import MasterMetrics
 from master_api.settings import Settings, SettingsError
 
@@ -47,4 +47,5 @@ def create_app(settings: Settings | None = None) -> Flask:
     extensions.init_jwt(app)
     MasterMetrics().init_app(app, lambda: extensions.repos(app))
     api.init_app(app)
+    console.init_app(app, settings.ui_dir)  # the web console at /ui, outside the API
     return app

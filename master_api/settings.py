@@ -190,6 +190,9 @@ class Settings:
     dns_metrics_addr: Address | None = None
     """Prometheus metrics of ``aicdn-master dns`` (``host:port``, path ``/metrics``); unset:
     none."""
+    ui_dir: str = field(default_factory=lambda: str(_REPO_ROOT / "web" / "dist"))
+    """The built web console the master serves at ``/ui`` (``make web`` builds it into the
+    checkout's ``web/dist``, the default)."""
 
     def __post_init__(self) -> None:
         if self.password_memory_kib < 8 * self.password_parallelism:
@@ -551,4 +554,5 @@ _PARSERS: dict[str, Callable[[object], Any]] = {
     "dns_region_fallback": _region_lists(_region),
     "dns_nameservers": _dns_names,
     "dns_metrics_addr": _optional(_listen_address),
+    "ui_dir": _path,
 }

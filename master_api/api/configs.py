@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -197,6 +198,23 @@ def create_config(body: DraftInput) -> Any:
     version = services().configs.create_draft(body, current_identity().name)
     g.aicdn_target = str(version.version_id)
     return version.to_json(()), 201
+
+
+@api_route(
+    bp,
+    "/configs/validate",
+    "POST",
+    summary="Check a draft with the relay's checker without storing it (the web console's "
+    "Validate); a refusal lists the checker's issues with their paths",
+    access="operator",
+    body=DRAFT_IN,
+    audited=False,
+    replies=[Reply(200, "Accepted: the YAML a draft would store", shapes.VALIDATED)],
+)
+def validate_config(body: DraftInput) -> Any:
+    config_data = services().configs.validate(body)
+    checksum = hashlib.sha256(config_data.encode("utf-8")).hexdigest()
+    return {"valid": True, "config_data": config_data, "checksum": checksum}
 
 
 @api_route(

@@ -184,6 +184,7 @@ ROLLBACK: Schema = obj(
     }
 )
 DIFF: Schema = obj({"from_version": INT, "to_version": INT, "diff": STR})
+VALIDATED: Schema = obj({"valid": BOOL, "config_data": STR, "checksum": STR})
 
 ALERT: Schema = obj(
     {

@@ -190,12 +190,12 @@ class ConfigService:
     # ------------------------------------------------------------------------------------------
     # Changing
 
-    def create_draft(self, draft: DraftInput, actor: str) -> ConfigVersion:
-        """Validate and store a new draft version.
+    def validate(self, draft: DraftInput) -> str:
+        """The YAML ``draft`` would store (its ``config_data``, or its template expanded), after
+        the relay's checker accepted it; nothing is stored.
 
-        Raises ``BadRequest`` (400) when both or neither of ``config_data`` and ``template``
-        are given, and when the template parameters or the YAML are refused by the relay's
-        checker -- the answer then carries the checker's ``issues``.
+        Raises ``BadRequest`` (400) like :meth:`create_draft`: the checker's refusal carries
+        ``issues``, each with the ``path`` of the field it is about.
         """
         if (draft.config_data is None) == (draft.template is None):
             raise BadRequest("give either config_data or template (with params), not both")
@@ -214,6 +214,16 @@ class ConfigService:
                 error="invalid_config",
                 extra=issues_extra(exc.issues),
             ) from None
+        return config_data
+
+    def create_draft(self, draft: DraftInput, actor: str) -> ConfigVersion:
+        """Validate and store a new draft version.
+
+        Raises ``BadRequest`` (400) when both or neither of ``config_data`` and ``template``
+        are given, and when the template parameters or the YAML are refused by the relay's
+        checker -- the answer then carries the checker's ``issues``.
+        """
+        config_data = self.validate(draft)
         now = self._clock()
         version = ConfigVersion(
             version_id=self._repos.counters.next(_COUNTER),
