@@ -260,12 +260,15 @@ PHASE_RESULT: Schema = obj(
         "hosts": {"type": "array", "items": HOST_RESULT},
         "touched": {"type": "array", "items": STR},
         "error": nullable(STR),
+        # node id -> the config version its host was given (deploy, reload)
+        "config_versions": {"type": "object", "additionalProperties": INT},
     }
 )
 DEPLOYMENT: Schema = obj(
     {
         "id": STR,
-        "playbook": {"type": "string", "enum": ["deploy", "rollback", "reload"]},
+        # deploy, rollback or reload; an external run's own playbook file (deploy.yml)
+        "playbook": STR,
         "config_version": nullable(INT),
         "release": nullable(STR),
         "selector": obj(
@@ -304,5 +307,6 @@ DEPLOYMENT: Schema = obj(
         "error": nullable(STR),
         "result": nullable(PHASE_RESULT),
         "rollback": nullable(PHASE_RESULT),
+        "external": BOOL,
     }
 )
