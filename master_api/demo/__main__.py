@@ -19,23 +19,15 @@ from __future__ import annotations
 import argparse
 import secrets
 import shutil
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
 from master_api.demo.client import ApiClient, StreamResult, stream_completion
-from master_api.demo.fleet import (
-    ADMIN_ADDR,
-    CORE,
-    EDGE,
-    EDGE_PORT,
-    ORIGIN,
-    FleetSteps,
-    release_name,
-)
-from master_api.demo.hosts import HostError, PodmanHosts
+from master_api.demo.fleet import FleetSteps, release_name
+from master_api.demo.hosts import HostError, Hosts, PodmanHosts
+from master_api.demo.local_hosts import LocalHosts
 from master_api.demo.pki import make_pki
 from master_api.demo.processes import DemoProcesses
 
@@ -55,24 +47,6 @@ def step(title: str) -> None:
     say(f"\n== {title}")
 
 
-def _edge_state() -> tuple[int, int | None]:
-    """The edge relay's main PID (systemd) and the config version it runs (admin API)."""
-    pid = subprocess.run(
-        ["podman", "exec", EDGE.container, "systemctl", "show", "-p", "MainPID", "--value",
-         "aicdn-relay"],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
-    probe = (
-        "import json,urllib.request;"
-        f"print(json.load(urllib.request.urlopen('http://{ADMIN_ADDR}/config')).get('version'))"
-    )
-    version = subprocess.run(
-        ["podman", "exec", EDGE.container, "/opt/aicdn/current/venv/bin/python", "-c", probe],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
-    return int(pid), None if version in ("", "None") else int(version)
-
-
 def stream_and_print(edge_url: str, tokens: int = 20) -> StreamResult:
     def show(seq: int, text: str, elapsed: float, delay: float) -> None:
         say(f"  +{elapsed * 1000:8.1f} ms  tunnel {delay:5.2f} ms  {text!r}")
@@ -84,10 +58,12 @@ def stream_and_print(edge_url: str, tokens: int = 20) -> StreamResult:
     return result
 
 
-def hot_change(fleet: FleetSteps, edge_url: str, config_version: int, what: str) -> None:
+def hot_change(
+    fleet: FleetSteps, hosts: Hosts, edge_url: str, config_version: int, what: str
+) -> None:
     """Apply edge ``config_version`` with the reload playbook while a stream runs through the
     edge; the stream must complete whole and the relay keep its PID."""
-    pid_before, running_before = _edge_state()
+    pid_before, running_before = hosts.relay_state(hosts.edge)
     tokens, interval_ms = 1200, 50  # 60 s: longer than a reload through Ansible takes
     holder: list[StreamResult] = []
     arrived: list[int] = []
@@ -103,13 +79,13 @@ def hot_change(fleet: FleetSteps, edge_url: str, config_version: int, what: str)
     say(f"  a {tokens}-token stream is running through the edge (config v{running_before})")
     fleet.deploy(
         {"playbook": "reload", "config_version": config_version,
-         "selector": {"nodes": [EDGE.node]}},
+         "selector": {"nodes": [hosts.edge.node]}},
         quiet_tasks=True,
     )  # fmt: skip
     at_reload = len(arrived)
     if not thread.is_alive():
         raise DemoFailed("the stream ended before the reload did: it did not cross the change")
-    pid_after, running_after = _edge_state()
+    pid_after, running_after = hosts.relay_state(hosts.edge)
     say(
         f"  the edge runs config v{running_after} ({what}); relay PID {pid_before} -> "
         f"{pid_after}; the stream was at token {at_reload} when the reload finished"
@@ -141,48 +117,65 @@ def show_history(api: ApiClient) -> None:
         say(f"    {d['created_at']}  {d['playbook']:<8} {d['status']:<11} {d['id']}")
 
 
+def choose_hosts(kind: str, workdir: Path) -> Hosts:
+    """``podman`` or ``local`` as asked; ``auto``: podman where it works, else local."""
+    if kind == "local":
+        return LocalHosts(workdir)
+    podman = PodmanHosts()
+    try:
+        podman.check()
+    except HostError as exc:
+        if kind == "podman":
+            raise
+        say(f"podman hosts are not possible here ({exc}): using local hosts instead")
+        return LocalHosts(workdir)
+    return podman
+
+
 def run(args: argparse.Namespace) -> int:
     workdir: Path = args.workdir
-    hosts = PodmanHosts()
     procs = DemoProcesses(workdir)
     password = secrets.token_urlsafe(12)
     started = time.monotonic()
     ok = False
+    hosts: Hosts | None = None
     try:
         step("1. Master, store, hosts and origin")
-        hosts.check()
-        removed = hosts.remove_all()
-        if removed:
-            say(f"removed the containers of an earlier demo: {', '.join(removed)}")
+        stop_earlier(workdir)
         if workdir.exists():
             shutil.rmtree(workdir)
         workdir.mkdir(parents=True)
-        hosts.start([CORE, EDGE])
-        say(f"hosts booted (systemd in podman): {CORE.container} {CORE.ip}, "
-            f"{EDGE.container} {EDGE.ip}")  # fmt: skip
-        procs.start_origin(ORIGIN)
-        say(f"origin (LLM-like, SSE) on {ORIGIN}")
-        procs.start_master(USER, password)
+        hosts = choose_hosts(args.hosts, workdir)
+        hosts.check()
+        hosts.start()
+        core, edge = hosts.core, hosts.edge
+        say(f"{hosts.kind} hosts ready: {core.node} {core.addr}, {edge.node} {edge.addr}")
+        procs.start_origin(hosts.origin)
+        say(f"origin (LLM-like, SSE) on {hosts.origin}")
+        procs.start_master(USER, password, hosts.connection)
         say(f"master on {procs.master_url} (embedded store in {workdir / 'master'}); "
             f"operator '{USER}' created")  # fmt: skip
         api = ApiClient(procs.master_url, USER, password)
         fleet = FleetSteps(api, secrets.token_urlsafe(16), say)
-        pids = {host.node: hosts.pid(host) for host in (CORE, EDGE)}
-        fleet.register_fleet(make_pki(workdir / "pki", CORE.ip), pids, hosts.nofile)
+        fleet.register_fleet(hosts, make_pki(workdir / "pki", core.addr))
 
         step("2. Publish configs and deploy the relay through the master")
-        fleet.publish("core", fleet.core_params(), "core: TLS tunnel on 8443 to the origin")
-        edge_v1 = fleet.publish("edge", fleet.edge_params(), "edge: HTTP on 8080, TLS to cores")
+        fleet.publish("core", fleet.core_params(hosts), f"core: TLS tunnel on {core.port}")
+        edge_v1 = fleet.publish(
+            "edge", fleet.edge_params(hosts), f"edge: HTTP on {edge.port}, TLS to cores"
+        )
         release = release_name(REPO)
         fleet.deploy({"playbook": "deploy", "release": release, "auto_rollback": True})
 
-        edge_url = f"http://{EDGE.ip}:{EDGE_PORT}"
+        edge_url = f"http://{edge.addr}:{edge.port}"
         step(f"3. A chat completion: OpenAI SDK -> {edge_url} -> core (TLS 1.3) -> origin")
         stream_and_print(edge_url)
 
         step("4. A config change, applied hot while a stream runs")
-        edge_v2 = fleet.publish("edge", fleet.edge_params(idle_timeout="120s"), "idle timeout 120s")
-        hot_change(fleet, edge_url, edge_v2, "idle_timeout 120s")
+        edge_v2 = fleet.publish(
+            "edge", fleet.edge_params(hosts, idle_timeout="120s"), "idle timeout 120s"
+        )
+        hot_change(fleet, hosts, edge_url, edge_v2, "idle_timeout 120s")
 
         step("5. Roll the edge config back and apply it")
         record = api.call("POST", "/configs/rollback", {"node_type": "edge", "region": "*",
@@ -191,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
         if record["to_version"] != edge_v1:
             raise DemoFailed(f"rollback went to v{record['to_version']}, not v{edge_v1}")
         fleet.deploy({"playbook": "reload", "selector": {"node_type": "edge"}}, quiet_tasks=True)
-        running = _edge_state()[1]
+        running = hosts.relay_state(edge)[1]
         if running != edge_v1:
             raise DemoFailed(f"after the rollback the edge runs v{running}, not v{edge_v1}")
         say(f"  the edge runs v{running} again")
@@ -201,18 +194,28 @@ def run(args: argparse.Namespace) -> int:
     finally:
         step("6. " + ("Done" if ok else "Stopped on an error"))
         if args.keep and ok:
-            say(f"left running: master {procs.master_url} (operator {USER} / {password}), "
-                f"hosts {CORE.container} {EDGE.container}; stop with "
+            say(f"left running: master {procs.master_url} (operator {USER} / {password}) and "
+                f"the {hosts.kind if hosts else ''} hosts; stop with "
                 f"`python -m master_api.demo --down`")  # fmt: skip
         else:
             procs.stop()
-            hosts.remove_all()
+            if hosts is not None:
+                hosts.stop()
             say("master, origin and hosts stopped")
         say(f"logs: {procs.logs}/master.log, {procs.logs}/origin.log; store: {workdir}/master")
         say(f"API: {procs.master_url or 'http://127.0.0.1:PORT'}/api/v1/openapi.json "
             f"(log in: POST /api/v1/auth/login)")  # fmt: skip
         say(f"took {time.monotonic() - started:.0f} s")
     return 0
+
+
+def stop_earlier(workdir: Path) -> list[str]:
+    """Stop what an earlier demo left running: its processes, containers and local relays."""
+    DemoProcesses(workdir).stop_recorded()
+    stopped = PodmanHosts().stop() + LocalHosts(workdir).stop()
+    if stopped:
+        say(f"stopped the hosts of an earlier demo: {', '.join(stopped)}")
+    return stopped
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -227,13 +230,17 @@ def main(argv: list[str] | None = None) -> int:
         default=REPO / "build" / "demo",
         help="data and logs (default build/demo; wiped at start)",
     )
+    parser.add_argument(
+        "--hosts",
+        choices=("auto", "podman", "local"),
+        default="auto",
+        help="podman containers, or local-connection hosts (auto: podman where it works)",
+    )
     parser.add_argument("--keep", action="store_true", help="leave the fleet running at the end")
-    parser.add_argument("--down", action="store_true", help="remove a kept demo's containers")
-    args = parser.parse_args(argv)  # fmt: skip
+    parser.add_argument("--down", action="store_true", help="stop a kept demo")
+    args = parser.parse_args(argv)
     if args.down:
-        DemoProcesses(args.workdir).stop_recorded()
-        removed = PodmanHosts().remove_all()
-        say(f"removed: {', '.join(removed) or 'nothing'}")
+        stop_earlier(args.workdir)
         return 0
     try:
         return run(args)

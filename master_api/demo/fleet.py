@@ -10,18 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from master_api.demo.client import ApiClient
-from master_api.demo.hosts import GATEWAY, DemoHost
+from master_api.demo.hosts import DemoHost, Hosts
 from master_api.demo.pki import DemoPki
 
-__all__ = ["CORE", "EDGE", "ORIGIN", "DeploymentFailed", "FleetSteps", "release_name"]
-
-CORE = DemoHost("core-1", "10.231.78.11")
-EDGE = DemoHost("edge-1", "10.231.78.12")
-ORIGIN = f"{GATEWAY}:8000"
-CORE_PORT = 8443
-EDGE_PORT = 8080
-#: The edge's admin API inside its container (the templates' ``api_addr``).
-ADMIN_ADDR = "127.0.0.1:18080"
+__all__ = ["DeploymentFailed", "FleetSteps", "release_name"]
 
 
 class DeploymentFailed(RuntimeError):
@@ -49,23 +41,12 @@ class FleetSteps:
 
     # -- nodes and configs ----------------------------------------------------------------------
 
-    def register(
-        self,
-        host: DemoHost,
-        pid: int,
-        type_: str,
-        region: str,
-        port: int,
-        tls: list[dict[str, str]],
-        nofile: int,
-    ) -> str:
-        """Register ``host`` as a node Ansible reaches by entering process ``pid`` (its
-        container's init); returns its id."""
+    def register(self, hosts: Hosts, host: DemoHost, tls: list[dict[str, str]]) -> str:
+        """Register ``host`` with how Ansible reaches it and the TLS files it needs; returns
+        its node id."""
         ansible_vars = {
-            "ansible_connection": "community.docker.nsenter",
-            "ansible_nsenter_pid": pid,
+            **hosts.ansible_vars(host),
             "relay_tls_files": tls,
-            "relay_limit_nofile": nofile,
             "relay_health_retries": 20,
             "relay_health_delay": 1,
         }
@@ -73,37 +54,42 @@ class FleetSteps:
             "POST",
             "/nodes",
             {
-                "name": host.node, "type": type_, "region": region, "addr": host.ip,
-                "port": port, "metadata": {"ansible_vars": ansible_vars},
+                "name": host.node, "type": host.type, "region": host.region, "addr": host.addr,
+                "port": host.port,
+                "metadata": {**hosts.node_metadata(host), "ansible_vars": ansible_vars},
             },
         )  # fmt: skip
-        self.say(f"registered {type_} {host.node} ({region}) at {host.ip}:{port}, id {node['id']}")
+        self.say(
+            f"registered {host.type} {host.node} ({host.region}) at {host.addr}:{host.port}, "
+            f"id {node['id']}"
+        )
         return str(node["id"])
 
-    def register_fleet(self, pki: DemoPki, pids: Mapping[str, int], nofile: int) -> None:
-        """Register the core and the edge, each with the TLS files it needs; ``nofile`` is the
-        relay's open-file limit (at most the containers')."""
+    def register_fleet(self, hosts: Hosts, pki: DemoPki) -> None:
+        """Register the core (its certificate and key) and the edge (the CA it verifies
+        cores with)."""
+        core, edge = hosts.core, hosts.edge
         self.register(
-            CORE, pids[CORE.node], "core", "cn", CORE_PORT,
-            [{"name": f"{CORE.node}.pem", "content": pki.core_cert},
-             {"name": f"{CORE.node}.key", "content": pki.core_key}],
-            nofile,
+            hosts, core,
+            [{"name": f"{core.node}.pem", "content": pki.core_cert},
+             {"name": f"{core.node}.key", "content": pki.core_key}],
         )  # fmt: skip
-        self.register(
-            EDGE, pids[EDGE.node], "edge", "hk", EDGE_PORT,
-            [{"name": "ca.pem", "content": pki.ca_cert}], nofile,
-        )  # fmt: skip
+        self.register(hosts, edge, [{"name": "ca.pem", "content": pki.ca_cert}])
 
-    def core_params(self) -> dict[str, Any]:
+    def core_params(self, hosts: Hosts) -> dict[str, Any]:
+        core = hosts.core
         return {
-            "transport": "tls", "port": CORE_PORT, "ws_port": None, "origins": [ORIGIN],
-            "edge_password": self.password,
+            "transport": "tls", "port": core.port, "ws_port": None, "origins": [hosts.origin],
+            "edge_password": self.password, "api_addr": core.admin_addr,
+            "metrics_addr": core.metrics_addr,
         }  # fmt: skip
 
-    def edge_params(self, **changes: Any) -> dict[str, Any]:
+    def edge_params(self, hosts: Hosts, **changes: Any) -> dict[str, Any]:
+        edge = hosts.edge
         return {
-            "listener": "tcp", "port": EDGE_PORT, "http_port": None, "transport": "tls",
-            "edge_password": self.password, **changes,
+            "listener": "tcp", "port": edge.port, "http_port": None, "transport": "tls",
+            "edge_password": self.password, "api_addr": edge.admin_addr,
+            "metrics_addr": edge.metrics_addr, **changes,
         }  # fmt: skip
 
     def publish(self, node_type: str, params: Mapping[str, Any], description: str) -> int:

@@ -50,9 +50,9 @@ class DemoProcesses:
     def logs(self) -> Path:
         return self.workdir / "logs"
 
-    def master_env(self) -> dict[str, str]:
-        """The master's settings (``AICDN_*``): its ports, data dir and the podman connection
-        its demo hosts use."""
+    def master_env(self, connection: str = "local") -> dict[str, str]:
+        """The master's settings (``AICDN_*``): its ports, data dir, and the Ansible connection
+        its demo hosts need."""
         if not self.env:
             http_port, grpc_port, mongo_port = free_port(), free_port(), free_port()
             self.env = {
@@ -60,7 +60,7 @@ class DemoProcesses:
                 "AICDN_GRPC_ADDR": f"127.0.0.1:{grpc_port}",
                 "AICDN_EMBEDDED_MONGO_PORT": str(mongo_port),
                 "AICDN_DATA_DIR": str(self.workdir / "master"),
-                "AICDN_DEPLOY_CONNECTIONS": "community.docker.nsenter",
+                "AICDN_DEPLOY_CONNECTIONS": connection,
                 "AICDN_DEPLOY_POLL_INTERVAL": "0.2s",
                 "AICDN_LOG_LEVEL": "info",
             }
@@ -88,9 +88,10 @@ class DemoProcesses:
         )
         _wait_http(f"http://{listen}/v1/models", 15, proc, self.logs / "origin.log")
 
-    def start_master(self, username: str, password: str) -> None:
-        """Create the operator (this starts the embedded store for the call), then serve."""
-        env = {**os.environ, **self.master_env()}
+    def start_master(self, username: str, password: str, connection: str) -> None:
+        """Create the operator (this starts the embedded store for the call), then serve;
+        ``connection`` is the Ansible connection of the demo's hosts."""
+        env = {**os.environ, **self.master_env(connection)}
         created = subprocess.run(
             [sys.executable, "-m", "master_api", "user", "create", username,
              "--role", "operator", "--password-stdin"],
