@@ -10,8 +10,9 @@ import struct
 
 
 class _Pipe(asyncio.Protocol):
-    def __init__(self, proxy: CutProxy) -> None:
+    def __init__(self, proxy: CutProxy, inbound: bool) -> None:
         self.proxy = proxy
+        self.inbound = inbound
         self.transport: asyncio.Transport | None = None
         self.peer: _Pipe | None = None
         self.buffer: list[bytes] = []
@@ -19,6 +20,8 @@ class _Pipe(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.proxy.pipes.add(self)
+        if self.inbound:
+            asyncio.get_running_loop().create_task(self.proxy._connect(self))
 
     def data_received(self, data: bytes) -> None:
         peer = self.peer
@@ -64,10 +67,8 @@ class CutProxy:
         return int(self.server.sockets[0].getsockname()[1])
 
     def _accept(self) -> _Pipe:
-        down = _Pipe(self)
         self.accepted += 1
-        asyncio.get_running_loop().create_task(self._connect(down))
-        return down
+        return _Pipe(self, inbound=True)
 
     async def _connect(self, down: _Pipe) -> None:
         if self.blocked:
@@ -76,7 +77,7 @@ class CutProxy:
         loop = asyncio.get_running_loop()
         try:
             _, up = await loop.create_connection(
-                lambda: _Pipe(self), "127.0.0.1", self.target_port
+                lambda: _Pipe(self, inbound=False), "127.0.0.1", self.target_port
             )
         except OSError:
             down.reset()
