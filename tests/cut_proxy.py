@@ -8,6 +8,8 @@ import asyncio
 import socket
 import struct
 
+from relay.transports.base import set_nodelay
+
 
 class _Pipe(asyncio.Protocol):
     def __init__(self, proxy: CutProxy, inbound: bool) -> None:
@@ -20,6 +22,7 @@ class _Pipe(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.proxy.pipes.add(self)
+        set_nodelay(transport)  # a forwarder must not hold small writes back (Nagle)
         if self.inbound:
             asyncio.get_running_loop().create_task(self.proxy._connect(self))
 
