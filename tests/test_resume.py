@@ -477,3 +477,38 @@ async def test_request_bodies_sent_during_a_break_arrive_once(
     assert len(response.body) >= 200_000
     assert response.body.count(b"x" * 1000) == 200
     assert AUTH  # (the default credentials carried both tunnels)
+
+
+async def test_a_draining_core_lets_resumable_streams_finish(
+    start_node: StartNode, origin: int
+) -> None:
+    """A graceful stop waits for resumable streams as it does for plain tunnels."""
+    core = await start_node(core_mapping("tcp", origin))
+    edge = await start_node(
+        edge_mapping([resumable(hop_node("core-1", "tcp", core.bound_port("core")))])
+    )
+    running = Streams(edge.bound_port("edge"), count=5, tokens=60)
+    await running.flowing_all()
+    stopping = asyncio.create_task(core.stop(10))
+    responses = await running.result()
+    assert_every_token_once(responses, tokens=60)
+    await stopping
+    assert len(core.resume_sessions) == 0
+
+
+async def test_idle_resumable_tunnels_hold_no_replay_data(
+    start_node: StartNode, origin: int
+) -> None:
+    """Delayed acknowledgements empty both replay buffers of a pooled keep-alive tunnel."""
+    core = await start_node(core_mapping("tcp", origin))
+    edge = await start_node(
+        edge_mapping([resumable(hop_node("core-1", "tcp", core.bound_port("core")))])
+    )
+    responses = await streams(edge.bound_port("edge"), count=3, tokens=5)
+    assert_every_token_once(responses, tokens=5)
+    held = core.resume_sessions.streams.values()
+    assert len(held) == 3  # the edge pools the tunnels, the core keeps their streams
+    await wait_for(lambda: all(s.end.buffer.size == 0 for s in held), timeout=5)
+    pooled = list(edge.runtime("edge").upstream_pool._idle.values())[0]
+    tunnels = [conn.transport for conn, _ in pooled]
+    assert all(t._end.buffer.size == 0 for t in tunnels)

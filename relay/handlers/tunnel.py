@@ -15,7 +15,7 @@ from relay.config.model import Address
 from relay.protocols import relay_v1
 from relay.protocols.relay_v1 import Status
 from relay.protocols.resume import OpenRequest, ResumeError, decode_request, encode_accept
-from relay.resume.core import SessionTable
+from relay.resume.core import CoreStream, SessionTable
 from relay.service import ServiceRuntime
 from relay.splice import splice
 
@@ -158,6 +158,8 @@ class RelayServerConnection(_TunnelConnection):
         #: A resumable stream was asked for (``relay.resume.core``); None: a plain tunnel.
         self._resumable: OpenRequest | None = None
         self._user = ""
+        #: The resumable stream this connection carries (its tunnel attachment), if any.
+        self._stream: CoreStream | None = None
         super().connection_made(transport)
         if not self.refused:
             self._header_timer = asyncio.get_running_loop().call_later(
@@ -231,13 +233,11 @@ class RelayServerConnection(_TunnelConnection):
             self._resumable = feature
             return True
         assert self.transport is not None
-        status = sessions.resume(
+        status, self._stream = sessions.resume(
             feature, self._user, self.transport, self._take_early(), self.connection_lost
         )
         if status != Status.OK:
             self._refuse(status, "resume_refused")
-        else:
-            self._upstream = None  # the stream's own protocol owns the tunnel now
         return False
 
     async def _connect(self, target: Address | None) -> None:
@@ -269,7 +269,20 @@ class RelayServerConnection(_TunnelConnection):
             self.service.stats,
         )  # fmt: skip
         client.write(relay_v1.encode_response(Status.OK, encode_accept(accept)))
+        self._stream = stream
         stream.attach(client, feature.early, self._take_early(), self.connection_lost)
+
+    def close(self) -> None:
+        if self._stream is not None:
+            return  # like a splice, a resumable stream is left to end on its own (draining)
+        super().close()
+
+    def abort(self) -> None:
+        stream = self._stream
+        if stream is not None and stream.attached is not None:
+            if stream.attached.transport is self.transport:  # not resumed elsewhere since
+                stream.lose(count=False)
+        super().abort()
 
     def _refuse(self, status: Status, blocked_reason: str | None) -> None:
         if blocked_reason is not None:

@@ -41,6 +41,9 @@ MAX_FRAME = 1 << 20
 #: A receiver acknowledges every this many payload bytes. Send buffers must be larger (the
 #: config checker's minimum is 4x), so a sender stalled on a full buffer always gets an ACK.
 ACK_EVERY = 16 * 1024
+#: ... and, when less arrived, this many seconds after the last unacknowledged byte, so an
+#: idle stream (a pooled keep-alive tunnel) does not hold its last response for replay.
+ACK_DELAY = 1.0
 
 _FRAME = struct.Struct("!BI")
 _OFFSET = struct.Struct("!Q")
@@ -283,6 +286,16 @@ class StreamEnd:
             self.acked = self.received
             reply = frame(FrameType.ACK, _OFFSET.pack(self.received))
         return events, reply
+
+    @property
+    def unacked(self) -> bool:
+        """Whether payload arrived that this end has not acknowledged yet."""
+        return self.received > self.acked
+
+    def ack(self) -> bytes:
+        """An acknowledgement of everything received so far (the delayed ACK)."""
+        self.acked = self.received
+        return frame(FrameType.ACK, _OFFSET.pack(self.received))
 
     def lost(self) -> None:
         """The tunnel broke: a frame cut in half is dropped (the peer replays it whole)."""

@@ -26,6 +26,7 @@ from relay.metrics import ResumeStats, ServiceStats
 from relay.protocols import relay_v1
 from relay.protocols.relay_v1 import Status
 from relay.protocols.resume import (
+    ACK_DELAY,
     STREAM_ID_LEN,
     Accept,
     CloseReceived,
@@ -79,10 +80,11 @@ class SessionTable:
         tunnel: asyncio.Transport,
         rest: bytes,
         detached: Detached,
-    ) -> Status:
+    ) -> tuple[Status, CoreStream | None]:
         """Attach ``tunnel`` to the stream ``request`` names and replay what the edge lacks.
 
-        Returns OK (the answer and the replay are written), or the status to refuse with:
+        Returns OK and the stream (the answer and the replay are written), or the status to
+        refuse with (and None):
         UNAUTHORIZED for a token that is not this user's for this stream, HOST_UNREACHABLE
         for a stream this node does not hold (closed, expired, never here), BAD_REQUEST for
         an offset the stream no longer holds (the stream is then lost).
@@ -92,19 +94,19 @@ class SessionTable:
         expected = stream_token(self._secret, request.stream_id, user)
         if not hmac.compare_digest(expected, request.token):
             self.stats.failures += 1
-            return Status.UNAUTHORIZED
+            return Status.UNAUTHORIZED, None
         if stream is None:
             self.stats.failures += 1
-            return Status.HOST_UNREACHABLE
+            return Status.HOST_UNREACHABLE, None
         try:
             stream.reattach(tunnel, request.received, rest, detached)
         except ResumeError as exc:
             log.warning("resume of a stream refused: %s", exc)
             self.stats.failures += 1
             stream.lose()
-            return Status.BAD_REQUEST
+            return Status.BAD_REQUEST, None
         self.stats.successes += 1
-        return Status.OK
+        return Status.OK, stream
 
     def remove(self, stream: CoreStream) -> None:
         self.streams.pop(stream.stream_id, None)
@@ -138,6 +140,7 @@ class CoreStream:
         self.parked = False
         self.finished = False
         self._park_timer: asyncio.TimerHandle | None = None
+        self._ack_timer: asyncio.TimerHandle | None = None
         #: Why the origin is not being read (tunnel backpressure, full replay buffer).
         self._origin_paused: set[str] = set()
         self._origin_gone = False
@@ -220,6 +223,7 @@ class CoreStream:
         if count:
             self.table.stats.streams_lost += 1
         self._unpark()
+        self._stop_ack_timer()
         self.finished = True
         self.table.remove(self)
         self.end.buffer.clear()
@@ -234,6 +238,7 @@ class CoreStream:
             return
         self.finished = True
         self._unpark()
+        self._stop_ack_timer()
         self.table.remove(self)
         self.end.buffer.clear()
         attached = self.attached
@@ -287,8 +292,24 @@ class CoreStream:
                 origin.write_eof()
         if reply and self.attached is not None:
             self.attached.transport.write(reply)
+        else:
+            self._schedule_ack()
         if "window" in self._origin_paused:
             self._update_origin_reading()
+
+    def _schedule_ack(self) -> None:
+        if self.end.unacked and self._ack_timer is None:
+            self._ack_timer = asyncio.get_running_loop().call_later(ACK_DELAY, self._delayed_ack)
+
+    def _delayed_ack(self) -> None:
+        self._ack_timer = None
+        if self.attached is not None and self.end.unacked:
+            self.attached.transport.write(self.end.ack())
+
+    def _stop_ack_timer(self) -> None:
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
 
     def raw_from_tunnel(self, data: bytes) -> None:
         """The edge's first write, sent unframed with the relay header."""
@@ -296,6 +317,7 @@ class CoreStream:
         if not self._origin_gone:
             self.origin.write(data)
         self.stats.bytes_in += len(data)
+        self._schedule_ack()
 
     # --- origin flow control ----------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from relay.connector import RelayClientTransport
 from relay.metrics import ResumeStats
 from relay.protocols import relay_v1
 from relay.protocols.resume import (
+    ACK_DELAY,
     CloseReceived,
     DataReceived,
     ResumeError,
@@ -48,6 +49,8 @@ log = logging.getLogger(__name__)
 Redial = Callable[[bytes], Awaitable[tuple[RelayClientTransport, PendingProtocol, bytes]]]
 
 _NEGOTIATING, _FRAMED, _RAW = "negotiating", "framed", "raw"
+#: Seconds a closing tunnel gets to deliver its CLOSE before it is aborted.
+CLOSE_TIMEOUT = 5.0
 #: Pause between rounds of resume dials (doubling up to the last).
 _BACKOFF = (0.05, 0.1, 0.2, 0.5, 1.0)
 
@@ -91,6 +94,9 @@ class ResumableTunnel(asyncio.Transport):
         self._write_limits: tuple[int | None, int | None] | None = None
         self._write_paused: set[str] = set()
         self._resuming: asyncio.Task[None] | None = None
+        self._ack_timer: asyncio.TimerHandle | None = None
+        #: Bounds a graceful close (CLOSE, then flush) that the peer does not read.
+        self._abort_timer: asyncio.TimerHandle | None = None
         #: When the last break happened (``loop.time()``), for the bench and logs.
         self.broke_at = 0.0
         self.resumes = 0
@@ -123,6 +129,8 @@ class ResumableTunnel(asyncio.Transport):
                 inner.write(data)
             if self._held_eof and inner.can_write_eof():
                 inner.write_eof()
+            if self._closing:
+                inner.close()
         else:
             try:
                 accept = decode_accept(response.resume)
@@ -131,6 +139,10 @@ class ResumableTunnel(asyncio.Transport):
                 return
             self._stream_id, self._token = accept.stream_id, accept.token
             self._mode = _FRAMED
+            if self._closing:  # closed while the core was answering
+                inner.write(self._end.send_close())
+                inner.close()
+                return
             for data in held:
                 inner.write(self._end.send(data))
             if self._held_eof:
@@ -155,6 +167,8 @@ class ResumableTunnel(asyncio.Transport):
         inner = self._inner
         if reply and inner is not None:
             inner.write(reply)
+        elif self._end.unacked and self._ack_timer is None:
+            self._ack_timer = asyncio.get_running_loop().call_later(ACK_DELAY, self._delayed_ack)
         for event in events:
             if isinstance(event, DataReceived):
                 if protocol is not None:
@@ -166,6 +180,12 @@ class ResumableTunnel(asyncio.Transport):
                 self.close()
         if "window" in self._write_paused:
             self._check_window()
+
+    def _delayed_ack(self) -> None:
+        self._ack_timer = None
+        inner = self._inner
+        if inner is not None and self._mode == _FRAMED and self._end.unacked:
+            inner.write(self._end.ack())
 
     def inner_eof(self, generation: int) -> bool:
         if generation != self._generation:
@@ -277,6 +297,10 @@ class ResumableTunnel(asyncio.Transport):
         self._reported = True
         self._closing = True
         self._end.buffer.clear()
+        for timer in (self._ack_timer, self._abort_timer):
+            if timer is not None:
+                timer.cancel()
+        self._ack_timer = self._abort_timer = None
         if self._protocol is not None:
             self._protocol.connection_lost(exc)
 
@@ -372,9 +396,19 @@ class ResumableTunnel(asyncio.Transport):
         if inner is None:
             asyncio.get_running_loop().call_soon(self._report_lost, None)
             return
+        if self._mode == _NEGOTIATING and inner.header_sent:
+            # The core may be opening a stream for us: say CLOSE once it answers, or it
+            # would hold the origin connection for a resume that will not come.
+            self._abort_later(inner)
+            return
         if self._mode == _FRAMED and not self._end.closing and not self._done:
             inner.write(self._end.send_close())
         inner.close()
+        self._abort_later(inner)
+
+    def _abort_later(self, inner: RelayClientTransport) -> None:
+        if self._abort_timer is None:
+            self._abort_timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, inner.abort)
 
     def abort(self) -> None:
         # A framed stream still says CLOSE (a graceful close of the tunnel), so the core
