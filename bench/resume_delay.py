@@ -76,7 +76,7 @@ class Stream:
                 self.arrivals.append(time.perf_counter())
                 pending += data
                 while b'"seq":' in pending:
-                    head, _, rest = pending.partition(b'"seq":')
+                    _, _, rest = pending.partition(b'"seq":')
                     digits = rest.split(b"}", 1)[0]
                     if b"}" not in rest:
                         break

@@ -509,6 +509,6 @@ async def test_idle_resumable_tunnels_hold_no_replay_data(
     held = core.resume_sessions.streams.values()
     assert len(held) == 3  # the edge pools the tunnels, the core keeps their streams
     await wait_for(lambda: all(s.end.buffer.size == 0 for s in held), timeout=5)
-    pooled = list(edge.runtime("edge").upstream_pool._idle.values())[0]
+    pooled = next(iter(edge.runtime("edge").upstream_pool._idle.values()))
     tunnels = [conn.transport for conn, _ in pooled]
     assert all(t._end.buffer.size == 0 for t in tunnels)

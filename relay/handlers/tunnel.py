@@ -279,9 +279,9 @@ class RelayServerConnection(_TunnelConnection):
 
     def abort(self) -> None:
         stream = self._stream
-        if stream is not None and stream.attached is not None:
-            if stream.attached.transport is self.transport:  # not resumed elsewhere since
-                stream.lose(count=False)
+        attached = stream.attached if stream is not None else None
+        if stream is not None and attached is not None and attached.transport is self.transport:
+            stream.lose(count=False)  # (not when it was resumed over another tunnel since)
         super().abort()
 
     def _refuse(self, status: Status, blocked_reason: str | None) -> None:
