@@ -176,3 +176,16 @@ def test_resume_options_are_read_and_checked() -> None:
     edge["services"][0]["handler"]["metadata"] = {"resumeWindow": "5s"}
     with pytest.raises(ConfigError, match="resume options belong to a relay handler"):
         config_from_mapping(edge)
+
+
+def test_resume_options_render_back_to_the_same_config() -> None:
+    from relay.config.render import config_to_mapping
+
+    core = core_mapping("tcp", 8000)
+    core["services"][0]["handler"]["metadata"] = {"resumeWindow": "45s", "resumeBuffer": 131072}
+    node = hop_node("core-1", "tcp", 9000)
+    node["connector"]["metadata"] = {"resume": True, "resumeWindow": "20s"}
+    edge = edge_mapping([node])
+    for mapping in (core, edge):
+        config = config_from_mapping(mapping)
+        assert config_from_mapping(config_to_mapping(config)) == config
