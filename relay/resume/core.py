@@ -244,7 +244,7 @@ class CoreStream:
         attached = self.attached
         if attached is not None:
             if not self.end.closing:
-                attached.transport.write(self.end.send_close())
+                self._write(self.end.send_close())
             attached.transport.close()
         self.origin.close()
 
@@ -254,8 +254,8 @@ class CoreStream:
         # DANGER ZONE: one call per origin chunk (per SSE event).
         framed = self.end.send(data)
         attached = self.attached
-        if attached is not None:
-            attached.transport.write(framed)
+        if attached is not None and not attached.transport.is_closing():
+            attached.transport.write(framed)  # else kept for the replay after a resume
             self.stats.bytes_out += len(data)
         elif self.parked:
             self.table.stats.buffered_bytes += len(data)
@@ -263,9 +263,7 @@ class CoreStream:
             self._pause_origin("window")
 
     def origin_eof(self) -> None:
-        framed = self.end.send_eof()
-        if self.attached is not None:
-            self.attached.transport.write(framed)
+        self._write(self.end.send_eof())
 
     def origin_lost(self) -> None:
         """The origin closed: tell the edge (``CLOSE``); the stream ends with its answer, or
@@ -273,9 +271,7 @@ class CoreStream:
         self._origin_gone = True
         if self.finished:
             return
-        framed = self.end.send_close()
-        if self.attached is not None:
-            self.attached.transport.write(framed)
+        self._write(self.end.send_close())
 
     def from_tunnel(self, data: bytes) -> None:
         events, reply = self.end.receive(data)
@@ -290,12 +286,19 @@ class CoreStream:
                 return
             elif origin.can_write_eof() and not self._origin_gone:
                 origin.write_eof()
-        if reply and self.attached is not None:
-            self.attached.transport.write(reply)
+        if reply:
+            self._write(reply)
         else:
             self._schedule_ack()
         if "window" in self._origin_paused:
             self._update_origin_reading()
+
+    def _write(self, data: bytes) -> None:
+        """Write to the current tunnel, if any and open; a frame that could not go is
+        replayed after a resume (payload and control frames are kept by ``StreamEnd``)."""
+        attached = self.attached
+        if attached is not None and not attached.transport.is_closing():
+            attached.transport.write(data)
 
     def _schedule_ack(self) -> None:
         if self.end.unacked and self._ack_timer is None:
@@ -303,8 +306,9 @@ class CoreStream:
 
     def _delayed_ack(self) -> None:
         self._ack_timer = None
-        if self.attached is not None and self.end.unacked:
-            self.attached.transport.write(self.end.ack())
+        attached = self.attached
+        if attached is not None and not attached.transport.is_closing() and self.end.unacked:
+            attached.transport.write(self.end.ack())
 
     def _stop_ack_timer(self) -> None:
         if self._ack_timer is not None:

@@ -184,7 +184,7 @@ class ResumableTunnel(asyncio.Transport):
     def _delayed_ack(self) -> None:
         self._ack_timer = None
         inner = self._inner
-        if inner is not None and self._mode == _FRAMED and self._end.unacked:
+        if inner is not None and not inner.is_closing() and self._end.unacked:
             inner.write(self._end.ack())
 
     def inner_eof(self, generation: int) -> bool:
@@ -347,8 +347,8 @@ class ResumableTunnel(asyncio.Transport):
         inner = self._inner
         if mode == _FRAMED:
             framed = self._end.send(payload)
-            if inner is not None:
-                inner.write(framed)
+            if inner is not None and not inner.is_closing():
+                inner.write(framed)  # else kept for the replay after a resume
             if self._end.buffer.size >= self.options.buffer:
                 self._pause_writing("window")
         elif mode == _RAW:
