@@ -512,3 +512,21 @@ async def test_idle_resumable_tunnels_hold_no_replay_data(
     pooled = next(iter(edge.runtime("edge").upstream_pool._idle.values()))
     tunnels = [conn.transport for conn, _ in pooled]
     assert all(t._end.buffer.size == 0 for t in tunnels)
+
+
+async def test_forward_handler_streams_survive_a_cut(start_node: StartNode, origin: int) -> None:
+    """L4 forwarding (a splice over the resumable tunnel) resumes the same way."""
+    core = await start_node(core_mapping("tcp", origin))
+    proxy = CutProxy(core.bound_port("core"))
+    proxy_port = await proxy.start()
+    node = resumable(hop_node("core-1", "tcp", proxy_port))
+    edge = await start_node(edge_mapping([node], handler="forward"))
+
+    running = Streams(edge.bound_port("edge"), count=20)
+    await running.flowing_all()
+    assert proxy.cut() >= 20
+    responses = await running.result()
+
+    assert_every_token_once(responses)
+    assert resume_stats(edge, "edge")["successes"] == 20
+    proxy.close()
