@@ -208,7 +208,9 @@ def wss_service(name: str, origin: int, cert: CertPair) -> dict[str, Any]:
 def quic_node(port: int, ca: CA) -> dict[str, Any]:
     node = hop_node("core-quic", "quic", port)
     node["dialer"]["tls"] = {"caFile": str(ca.cert_file), "serverName": "localhost"}
-    node["dialer"]["metadata"] = {"timeout": "1s"}
+    # Generous for a loaded machine: a re-dial to a closed UDP port fails at once anyway
+    # (ICMP), and silence costs at most this, well inside the resume window.
+    node["dialer"]["metadata"] = {"timeout": "4s"}
     return resumable(node)
 
 
