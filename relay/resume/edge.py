@@ -22,7 +22,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import Any, cast
+from typing import Any
 
 from relay.config.model import ResumeOptions
 from relay.connector import RelayClientTransport
@@ -433,8 +433,6 @@ class ResumableTunnel(asyncio.Transport):
         return self._protocol
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        if name == "resumable":
-            return self
         inner = self._inner
         return default if inner is None else inner.get_extra_info(name, default)
 
@@ -510,8 +508,3 @@ class AnswerWaiter(PendingProtocol):
             self.answer.set_exception(
                 exc or TransportError("relay server closed the connection before answering")
             )
-
-
-def resumable_options(transport: asyncio.BaseTransport) -> ResumableTunnel | None:
-    """The ``ResumableTunnel`` a transport is, if it is one (tests, bench)."""
-    return cast("ResumableTunnel | None", transport.get_extra_info("resumable"))
