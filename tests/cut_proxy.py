@@ -102,3 +102,61 @@ class CutProxy:
         self.cut()
         if self.server is not None:
             self.server.close()
+
+
+class _UdpUpstream(asyncio.DatagramProtocol):
+    def __init__(self, proxy: UdpDropProxy, client: tuple[str, int]) -> None:
+        self.proxy = proxy
+        self.client = client
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: object) -> None:
+        if not self.proxy.dropping and self.proxy.transport is not None:
+            self.proxy.transport.sendto(data, self.client)
+
+
+class UdpDropProxy(asyncio.DatagramProtocol):
+    """A UDP forwarder (one upstream socket per client address) whose ``dropping`` flag makes
+    the path go silent both ways: no reset, no close, as when a network changes under a QUIC
+    connection. Both ends then find out by their idle timeouts."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.dropping = False
+        self.transport: asyncio.DatagramTransport | None = None
+        self._upstreams: dict[tuple[str, int], _UdpUpstream] = {}
+
+    async def start(self) -> int:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: self, local_addr=("127.0.0.1", 0)
+        )
+        self.transport = transport
+        return int(transport.get_extra_info("sockname")[1])
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self.dropping:
+            return
+        upstream = self._upstreams.get(addr)
+        if upstream is None:
+            upstream = self._upstreams[addr] = _UdpUpstream(self, addr)
+            asyncio.get_running_loop().create_task(self._open(upstream))
+            return  # the first datagram is lost; QUIC retransmits it
+        if upstream.transport is not None:
+            upstream.transport.sendto(data)
+
+    async def _open(self, upstream: _UdpUpstream) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.create_datagram_endpoint(
+            lambda: upstream, remote_addr=("127.0.0.1", self.target_port)
+        )
+
+    def close(self) -> None:
+        for upstream in self._upstreams.values():
+            if upstream.transport is not None:
+                upstream.transport.close()
+        if self.transport is not None:
+            self.transport.close()

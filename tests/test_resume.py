@@ -24,7 +24,7 @@ from relay.server import RelayNode
 from relay.transports.quic import tunnel_pool
 from tests.certs import CA, CertPair
 from tests.conftest import AUTH, StartNode, core_mapping, edge_mapping, hop_node, wait_for
-from tests.cut_proxy import CutProxy
+from tests.cut_proxy import CutProxy, UdpDropProxy
 from tests.helpers import Response, chat, read_body, read_head, request, request_bytes
 
 STREAMS = 100
@@ -265,6 +265,32 @@ async def test_streams_move_from_quic_to_wss_during_the_break(
     assert resume_stats(edge, "edge")["successes"] == STREAMS
     assert core.runtime("core-wss").stats.connections_total >= STREAMS
     await streams_closed(edge, core)
+
+
+async def test_streams_survive_a_silent_path_detected_by_quic_idle_timeout(
+    start_node: StartNode, origin: int, ca: CA, server_cert: CertPair
+) -> None:
+    """UDP goes silent both ways (no reset, no close). The edge's QUIC connection times out
+    (idle timeout 2s), the edge resumes over a fresh QUIC connection once packets pass again,
+    maybe before the core noticed its side is dead: the resume replaces the old tunnel."""
+    core = await start_node({"services": [quic_service("core-quic", origin, server_cert)]})
+    udp = UdpDropProxy(core.bound_port("core-quic"))
+    udp_port = await udp.start()
+    node = quic_node(udp_port, ca)
+    node["dialer"]["metadata"] = {"timeout": "4s", "idleTimeout": "2s"}
+    edge = await start_node(edge_mapping([node]))
+
+    running = Streams(edge.bound_port("edge"), count=20, tokens=300)
+    await running.flowing_all()
+    udp.dropping = True
+    await wait_for(lambda: resume_stats(edge, "edge")["attempts"] == 20, timeout=10)
+    udp.dropping = False
+    responses = await running.result()
+    udp.close()
+
+    assert_every_token_once(responses, tokens=300)
+    assert resume_stats(edge, "edge")["successes"] == 20
+    assert resume_stats(core, "core")["successes"] == 20
 
 
 # --- limits ---------------------------------------------------------------------------------
