@@ -7,6 +7,7 @@ import asyncio
 import json
 import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,6 +27,7 @@ from tests.certs import CA, CertPair
 from tests.conftest import AUTH, StartNode, core_mapping, edge_mapping, hop_node, wait_for
 from tests.cut_proxy import CutProxy, UdpDropProxy
 from tests.helpers import Response, chat, read_body, read_head, request, request_bytes
+from tests.processes import RelayProcess, free_port, wait_http
 
 STREAMS = 100
 TOKENS = 80
@@ -558,3 +560,40 @@ async def test_forward_handler_streams_survive_a_cut(start_node: StartNode, orig
     assert_every_token_once(responses)
     assert resume_stats(edge, "edge")["successes"] == 20
     proxy.close()
+
+
+@pytest.mark.slow
+async def test_edge_and_core_processes_resume_across_a_cut(
+    origin_process: int, tmp_path: Path
+) -> None:
+    """As deployed: edge and core as ``python -m relay run -C FILE`` processes, the cut
+    forwarder between them; the resume metrics are read from the metrics endpoints."""
+    core_port, edge_port = free_port(), free_port()
+    core_config = core_mapping("tcp", origin_process)
+    core_config["services"][0]["addr"] = f"127.0.0.1:{core_port}"
+    core_config["services"][0]["handler"]["metadata"] = {"resumeWindow": "20s"}
+    core = RelayProcess(core_config, tmp_path, "core")
+    proxy = CutProxy(core_port)
+    try:
+        proxy_port = await proxy.start()
+        edge_config = edge_mapping([resumable(hop_node("core-1", "tcp", proxy_port))])
+        edge_config["services"][0]["addr"] = f"127.0.0.1:{edge_port}"
+        edge = RelayProcess(edge_config, tmp_path, "edge")
+        try:
+            running = Streams(edge_port, count=20)
+            await running.flowing_all()
+            assert proxy.cut() >= 20
+            responses = await running.result()
+            assert_every_token_once(responses)
+            text = await asyncio.to_thread(wait_http, f"http://127.0.0.1:{core.metrics}/metrics")
+            assert b'aicdn_resume_successes_total{side="core"} 20.0' in text
+            assert b'aicdn_resume_streams_parked{side="core"} 0.0' in text
+            edge_text = await asyncio.to_thread(
+                wait_http, f"http://127.0.0.1:{edge.metrics}/metrics"
+            )
+            assert b'aicdn_resume_successes_total{side="edge"} 20.0' in edge_text
+        finally:
+            edge.stop()
+    finally:
+        proxy.close()
+        core.stop()
