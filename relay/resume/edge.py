@@ -207,7 +207,7 @@ class ResumableTunnel(asyncio.Transport):
         self.broke_at = loop.time()
         self.stats.attempts += 1
         log.info("tunnel of a resumable stream broke (%s); resuming", exc or "closed")
-        self._resuming = loop.create_task(self._resume())
+        self._resuming = loop.create_task(self._resume_guarded())
 
     def _peer_closed(self) -> None:
         """The core ended the stream: answer its CLOSE, then the tunnel ends normally."""
@@ -219,6 +219,18 @@ class ResumableTunnel(asyncio.Transport):
             inner.close()
         else:
             self._report_lost(None)
+
+    async def _resume_guarded(self) -> None:
+        try:
+            await self._resume()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug, not the network: log it, and end the stream
+            log.exception("resumable stream: resuming failed")
+            self._resuming = None
+            if not self._reported:
+                self.stats.failures += 1
+                self._lose(StreamLost(f"resuming failed: {exc!r}"))
 
     async def _resume(self) -> None:
         loop = asyncio.get_running_loop()
