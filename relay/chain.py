@@ -18,13 +18,16 @@ from dataclasses import dataclass
 from relay.config.model import (
     Address,
     ChainConfig,
+    ConnectorConfig,
     DialerConfig,
     NodeConfig,
     ProbeConfig,
     SelectorConfig,
 )
-from relay.connector import RelayClientTransport
+from relay.connector import RelayClientTransport, RelayRefused
+from relay.metrics import ResumeStats
 from relay.protocols import relay_v1
+from relay.resume.edge import AnswerWaiter, ResumableTunnel, ResumeGone
 from relay.transports.base import LayeredTransport, PendingProtocol, TransportError, set_nodelay
 from relay.transports.quic.client import open_quic_stream, probe_quic
 from relay.transports.quic.options import QuicOptions
@@ -217,7 +220,7 @@ class Dialed:
     #: Node of the first hop (``""`` for a direct connection).
     node: str
     #: The relay transport of the last hop, to check or flush its header (None when direct).
-    tunnel: RelayClientTransport | None
+    tunnel: RelayClientTransport | ResumableTunnel | None
 
 
 def _attach_pending(transport: asyncio.Transport) -> PendingProtocol:
@@ -245,6 +248,8 @@ class Chain:
         #: Re-probes of benched QUIC nodes, by node name.
         self._reprobes: dict[str, asyncio.Task[None]] = {}
         self._stopped = False
+        #: Counters of resumable streams (set by the node; None: counted nowhere).
+        self.resume_stats: ResumeStats | None = None
 
     async def dial(
         self,
@@ -279,11 +284,82 @@ class Chain:
                     self._reprobe_later(node)
                 continue
             node.mark_ok()
+            options = self._last_connector(node).resume
+            if options is not None:
+                # The core's node answers resumes for this stream whatever the transport.
+                async def redial(
+                    feature: bytes, node: NodeState = node
+                ) -> tuple[RelayClientTransport, PendingProtocol, bytes]:
+                    return await self._resume_dial(node, target, key, feature)
+
+                resumable = ResumableTunnel(tunnel, redial, options, self.resume_stats)
+                return Dialed(resumable, _attach_pending(resumable), node.name, resumable)
             return Dialed(tunnel, _attach_pending(tunnel), node.name, tunnel)
         raise DialError(f"chain {self.name}: no node reachable ({last_error})", last_node)
 
+    def _last_connector(self, first: NodeState) -> ConnectorConfig:
+        """The connector of the last hop's node (the core) when the chain starts at ``first``."""
+        node = first if len(self.hops) == 1 else self.hops[-1].nodes[0]
+        return node.config.connector or ConnectorConfig()
+
+    async def _resume_dial(
+        self, original: NodeState, target: Address | None, key: str | None, feature: bytes
+    ) -> tuple[RelayClientTransport, PendingProtocol, bytes]:
+        """Resume a stream: a tunnel through the first hop's nodes (the one that carried the
+        stream first while it is healthy, then the others in selector order, so a QUIC node
+        that stopped answering falls back to a WSS/TLS node of the same core) whose core
+        accepts ``feature``. A node whose core answers but refuses (it does not hold the
+        stream, or not for us) is skipped; when every node refused, raises ``ResumeGone``;
+        when some could not be reached, ``DialError`` (the caller tries again later).
+        """
+        loop = asyncio.get_running_loop()
+        first = self.hops[0]
+        order = first.candidates(loop.time(), key)
+        if original in order and original.available(loop.time()):
+            order.remove(original)
+            order.insert(0, original)
+        refused = 0
+        last_error = "no nodes"
+        for node in order:
+            tunnel: RelayClientTransport | None = None
+            try:
+                tunnel = await self._through(node, target, key, resume=feature)
+                waiter = AnswerWaiter()
+                tunnel.on_response = waiter.answered
+                tunnel.set_protocol(waiter)
+                waiter.connection_made(tunnel)
+                tunnel.start()
+                tunnel.flush_header()
+                response = await asyncio.wait_for(waiter.answer, node.config.dialer.timeout)
+            except RelayRefused as exc:
+                refused += 1
+                last_error = f"{node.name}: {exc}"
+                continue
+            except (OSError, TimeoutError, ssl.SSLError, TransportError) as exc:
+                if tunnel is not None:
+                    tunnel.abort()
+                node.mark_failed(loop.time(), first.selector)
+                last_error = f"{node.name}: {type(exc).__name__}: {exc}"
+                log.info("chain %s: resume via node %s failed: %s", self.name, node.name, exc)
+                if node.config.dialer.type == "quic" and not node.available(loop.time()):
+                    self._reprobe_later(node)
+                continue
+            node.mark_ok()
+            if response.resume is None:  # the core lost the feature (a config change)
+                tunnel.close()
+                refused += 1
+                continue
+            return tunnel, waiter, response.resume
+        if refused == len(order):
+            raise ResumeGone(f"chain {self.name}: no node holds the stream ({last_error})")
+        raise DialError(f"chain {self.name}: resume failed ({last_error})")
+
     async def _through(
-        self, first: NodeState, target: Address | None, key: str | None
+        self,
+        first: NodeState,
+        target: Address | None,
+        key: str | None,
+        resume: bytes | None = None,
     ) -> RelayClientTransport:
         loop = asyncio.get_running_loop()
         transport = await open_connection(first.config.addr, first.config.dialer, self.base_dir)
@@ -299,6 +375,7 @@ class Chain:
                 username=auth.username if auth else None,
                 password=auth.password if auth else None,
                 target=(next_addr.host or "127.0.0.1", next_addr.port) if next_addr else None,
+                resume=resume if following is node else None,
             )
             transport = RelayClientTransport(transport, request)
             if following is not node:

@@ -9,6 +9,7 @@ of the first bytes it sends back; a refusal surfaces as ``RelayRefused`` through
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from relay.protocols import relay_v1
 from relay.protocols.relay_v1 import Status
@@ -35,10 +36,26 @@ class RelayRefused(TransportError):
 class RelayClientTransport(LayeredTransport):
     def __init__(self, inner: asyncio.Transport, request: relay_v1.Request) -> None:
         super().__init__(inner)
+        self.request = request
         self._header: bytes | None = relay_v1.encode_request(request)
         self._response_buf: bytes | None = b""
         #: Whether the server has confirmed the tunnel (its response arrived with status OK).
         self.confirmed = False
+        #: The server's OK response, once it arrived.
+        self.response: relay_v1.Response | None = None
+        #: Called with the OK response before the data behind it is delivered.
+        self.on_response: Callable[[relay_v1.Response], None] | None = None
+
+    @property
+    def header_sent(self) -> bool:
+        return self._header is None
+
+    def amend(self, request: relay_v1.Request) -> None:
+        """Replace the request while its header is still unsent (a resumable stream names
+        the length of its first write in it)."""
+        assert self._header is not None, "the relay header was sent already"
+        self.request = request
+        self._header = relay_v1.encode_request(request)
 
     def flush_header(self) -> None:
         """Send the header now, for connections whose client has nothing to say first."""
@@ -72,6 +89,9 @@ class RelayClientTransport(LayeredTransport):
             self.fail(RelayRefused(response.status))
             return
         self.confirmed = True
+        self.response = response
+        if self.on_response is not None:
+            self.on_response(response)
         self.deliver(rest)
 
     def inner_eof(self) -> bool:

@@ -9,7 +9,7 @@ resolved once per service.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from prometheus_client import (
     CollectorRegistry,
@@ -77,6 +77,31 @@ class ServiceStats:
         child.inc()
 
 
+class ResumeStats:
+    """Resumable streams of one side (``edge`` resumes, ``core`` parks and replays); plain
+    integers read at scrape time, like ``ServiceStats``."""
+
+    __slots__ = (
+        "attempts", "buffered_bytes", "failures", "parked", "replayed_bytes", "side",
+        "streams_lost", "successes",
+    )  # fmt: skip
+
+    def __init__(self, side: str) -> None:
+        self.side = side
+        #: Resume handshakes tried (edge) or received (core).
+        self.attempts = 0
+        self.successes = 0
+        self.failures = 0
+        #: Payload bytes sent again after a resume.
+        self.replayed_bytes = 0
+        #: Streams a break ended: not resumed within the window, or refused.
+        self.streams_lost = 0
+        #: Core: streams waiting for their edge to resume them.
+        self.parked = 0
+        #: Core: bytes held for replay by parked streams.
+        self.buffered_bytes = 0
+
+
 class RelayMetrics:
     """All metrics of one relay process, in a registry of its own (tests run several)."""
 
@@ -142,6 +167,7 @@ class RelayMetrics:
         self.config_version = Gauge(
             "aicdn_config_version", "Version of the running config.", registry=self.registry
         )
+        self.resume = {"edge": ResumeStats("edge"), "core": ResumeStats("core")}
         self.registry.register(_LiveCollector(self))
 
     def service(self, name: str, handler: str) -> ServiceStats:
@@ -187,6 +213,32 @@ class _LiveCollector(Collector):
             for reason, count in stats.blocked.items():
                 blocked.add_metric([stats.name, reason], count)
         yield from (active, total, transfer, blocked)
+        yield from _resume_metrics(self._metrics.resume.values())
 
     def describe(self) -> Iterator[Metric]:
         return iter(())
+
+
+def _resume_metrics(sides: Iterable[ResumeStats]) -> Iterator[Metric]:
+    counters = {
+        "attempts": ("aicdn_resume_attempts", "Resume handshakes tried (edge) or received (core)."),
+        "successes": ("aicdn_resume_successes", "Broken tunneled streams resumed."),
+        "failures": ("aicdn_resume_failures", "Resume handshakes that failed or were refused."),
+        "replayed_bytes": ("aicdn_resume_replayed_bytes", "Bytes sent again after a resume."),
+        "streams_lost": ("aicdn_resume_streams_lost", "Broken streams that could not resume."),
+    }
+    gauges = {
+        "parked": ("aicdn_resume_streams_parked", "Broken streams held for a resume."),
+        "buffered_bytes": ("aicdn_resume_buffered_bytes", "Bytes parked streams hold."),
+    }
+    sides = list(sides)
+    for attr, (name, doc) in counters.items():
+        family = CounterMetricFamily(name, doc, labels=["side"])
+        for side in sides:
+            family.add_metric([side.side], getattr(side, attr))
+        yield family
+    for attr, (name, doc) in gauges.items():
+        gauge = GaugeMetricFamily(name, doc, labels=["side"])
+        for side in sides:
+            gauge.add_metric([side.side], getattr(side, attr))
+        yield gauge

@@ -23,6 +23,7 @@ from relay.handlers.tunnel import ForwardConnection, RelayServerConnection
 from relay.listeners import Listening, listen
 from relay.metrics import RelayMetrics
 from relay.policy import ServicePolicies
+from relay.resume.core import SessionTable
 from relay.service import ServiceRuntime
 from relay.workers import serve_worker_control
 
@@ -106,6 +107,8 @@ class RelayNode:
         self._draining: list[ServiceRuntime] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._policies: dict[tuple[object, ...], ServicePolicies] = {}
+        #: Resumable streams of this node's relay services; they outlive reloads.
+        self.resume_sessions = SessionTable(self.metrics.resume["core"])
 
     # --- introspection ----------------------------------------------------------------------
 
@@ -256,6 +259,7 @@ class RelayNode:
         for task in list(self._tasks):
             task.cancel()
         await self._drain(runtimes, timeout)
+        self.resume_sessions.close_all()
 
     def abort_all(self) -> None:
         """Close every connection at once (a second SIGTERM during a drain)."""
@@ -292,9 +296,11 @@ class RelayNode:
             reuse_port=self.worker_socket is not None,
         )  # fmt: skip
 
-    @staticmethod
-    def _build_chains(config: RelayConfig) -> dict[str, Chain]:
-        return {chain.name: Chain(chain, config.base_dir) for chain in config.chains}
+    def _build_chains(self, config: RelayConfig) -> dict[str, Chain]:
+        chains = {chain.name: Chain(chain, config.base_dir) for chain in config.chains}
+        for chain in chains.values():
+            chain.resume_stats = self.metrics.resume["edge"]
+        return chains
 
     def _runtime(
         self, service: ServiceConfig, config: RelayConfig, chains: dict[str, Chain]
@@ -303,6 +309,8 @@ class RelayNode:
         policies = self._service_policies(service, config)
         runtime = ServiceRuntime(service, chain, self.metrics, config.base_dir, policies)
         runtime.alt_svc = _alt_svc(service, config)
+        if service.handler.type == "relay" and service.handler.resume.enabled:
+            runtime.resume_sessions = self.resume_sessions
         return runtime
 
     def _service_policies(

@@ -17,6 +17,7 @@ from relay.config.model import Address, ServiceConfig
 from relay.metrics import RelayMetrics, ServiceStats
 from relay.policy import ALLOW, IPMatcher, ServicePolicies, Verdict, normalize_ip
 from relay.pool import UpstreamPool
+from relay.resume.core import SessionTable
 from relay.transports.base import TransportError
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,9 @@ class ServiceRuntime:
         #: ``Alt-Svc`` value the http handler adds to responses (a tls service whose port
         #: also serves HTTP/3; set by the node, which sees the whole config).
         self.alt_svc: bytes | None = None
+        #: The node's resumable streams (relay handler), shared by its services and reloads;
+        #: None: resume is off here (a resume feature is then ignored, as gost does).
+        self.resume_sessions: SessionTable | None = None
 
     # --- connection bookkeeping -------------------------------------------------------------
 

@@ -31,6 +31,7 @@ from relay.config.readers import (
     _take,
     _url_path,
 )
+from relay.config.resume_options import connector_resume
 from relay.config.schema import CHAIN_KEYS, CONNECTOR_KEYS, DIALER_KEYS, HOP_KEYS, NODE_KEYS
 from relay.config.shared_sections import _auth, _probe, _selector, _tls
 
@@ -75,7 +76,11 @@ def _connector(ctx: _Ctx, value: object, path: str) -> ConnectorConfig:
     if d is None:
         return ConnectorConfig()
     _choice(ctx, d.get("type"), _key(path, "type"), CONNECTOR_TYPES, "relay", "connector")
-    return ConnectorConfig(type="relay", auth=_auth(ctx, d.get("auth"), _key(path, "auth")))
+    meta_path = _key(path, "metadata")
+    resume = connector_resume(ctx, _metadata(ctx, d.get("metadata"), meta_path), meta_path)
+    return ConnectorConfig(
+        type="relay", auth=_auth(ctx, d.get("auth"), _key(path, "auth")), resume=resume
+    )
 
 
 def _dialer(ctx: _Ctx, value: object, path: str) -> DialerConfig:

@@ -119,6 +119,22 @@ class HTTPHandlerOptions:
 
 
 @dataclass(frozen=True, slots=True)
+class ResumeOptions:
+    """Resumable tunneled streams (``relay.protocols.resume``). On a ``relay`` handler
+    (``handler.metadata``): whether and how long the core holds a broken stream; on a chain
+    node's connector (``connector.metadata``): whether the edge asks for it."""
+
+    #: Core: accept resumable streams. Edge: ask the node for them (``resume: true``).
+    enabled: bool = True
+    #: Seconds a broken stream is held (core) or re-dialed (edge) before it is lost
+    #: (``resumeWindow``). On the core, 0 disables resume.
+    window: float = 30.0
+    #: Bytes of unacknowledged data one stream keeps for replay, per direction
+    #: (``resumeBuffer``); a sender that reaches it waits for an acknowledgement.
+    buffer: int = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
 class HandlerConfig:
     type: HandlerType
     chain: str | None = None
@@ -128,6 +144,8 @@ class HandlerConfig:
     http: HTTPHandlerOptions = field(default_factory=HTTPHandlerOptions)
     #: Everything else in ``metadata`` that a later feature may read.
     metadata: dict[str, object] = field(default_factory=dict)
+    #: ``relay`` handler: resumable streams (``resumeWindow``, ``resumeBuffer``).
+    resume: ResumeOptions = field(default_factory=ResumeOptions)
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +172,8 @@ class SelectorConfig:
 class ConnectorConfig:
     type: Literal["relay"] = "relay"
     auth: Auth | None = None
+    #: Ask the node for resumable streams (``metadata.resume: true``); None: plain tunnels.
+    resume: ResumeOptions | None = None
 
 
 @dataclass(frozen=True, slots=True)

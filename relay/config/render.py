@@ -185,7 +185,7 @@ class _Renderer:
         if handler.auth is not None:
             out["auth"] = self.auth(handler.auth)
         http = handler.http
-        out["metadata"] = {
+        meta: dict[str, object] = {
             "ttfbTimeout": duration(http.ttfb_timeout),
             "idleTimeout": duration(http.idle_timeout),
             "totalTimeout": duration(http.total_timeout),
@@ -195,6 +195,11 @@ class _Renderer:
             **({"trustedProxies": list(http.trusted_proxies)} if http.trusted_proxies else {}),
             **self.metadata(handler.metadata),
         }
+        if handler.type == "relay":
+            resume = handler.resume
+            meta["resumeWindow"] = duration(resume.window if resume.enabled else 0)
+            meta["resumeBuffer"] = resume.buffer
+        out["metadata"] = meta
         return out
 
     def forwarder(self, forwarder: ForwarderConfig) -> dict[str, object]:
@@ -240,6 +245,13 @@ class _Renderer:
             connector: dict[str, object] = {"type": node.connector.type}
             if node.connector.auth is not None:
                 connector["auth"] = self.auth(node.connector.auth)
+            resume = node.connector.resume
+            if resume is not None:
+                connector["metadata"] = {
+                    "resume": True,
+                    "resumeWindow": duration(resume.window),
+                    "resumeBuffer": resume.buffer,
+                }
             out["connector"] = connector
         out["dialer"] = self.dialer(node.dialer)
         return out

@@ -45,7 +45,7 @@ PROBE_KEYS = ("type", "interval", "timeout", "path")
 CHAIN_KEYS = ("name", "hops")
 HOP_KEYS = ("name", "selector", "probe", "nodes")
 NODE_KEYS = ("name", "addr", "connector", "dialer")
-CONNECTOR_KEYS = ("type", "auth")
+CONNECTOR_KEYS = ("type", "auth", "metadata")
 DIALER_KEYS = ("type", "tls", "metadata")
 # ``secure`` is gost's "verify the peer" switch. It is accepted so gost files load, and ignored:
 # this relay always verifies unless ``insecureSkipVerify`` says otherwise.

@@ -37,6 +37,7 @@ from relay.config.readers import (
     _take,
     _url_path,
 )
+from relay.config.resume_options import RESUME_KEYS, resume_options
 from relay.config.schema import (
     FORWARDER_KEYS,
     HANDLER_KEYS,
@@ -138,11 +139,21 @@ def _handler(ctx: _Ctx, value: object, path: str) -> HandlerConfig | None:
         handler_type = _choice(ctx, d["type"], _key(path, "type"), HANDLER_TYPES, "http", "handler")
     chain = _ref(ctx, d.get("chain"), _key(path, "chain"), "chains", "chain")
     auth = _auth(ctx, d.get("auth"), _key(path, "auth"))
-    options, meta = _http_options(ctx, d.get("metadata"), _key(path, "metadata"))
+    meta_path = _key(path, "metadata")
+    options, meta = _http_options(ctx, d.get("metadata"), meta_path)
+    given = [key for key in meta if key.lower() in {k.lower() for k in RESUME_KEYS}]
+    if given and handler_type not in (None, "relay"):
+        ctx.error(_key(meta_path, given[0]), "resume options belong to a relay handler")
+    resume = resume_options(ctx, meta, meta_path, enabled=True)
     if handler_type is None:
         return None
     return HandlerConfig(
-        type=cast(HandlerType, handler_type), chain=chain, auth=auth, http=options, metadata=meta
+        type=cast(HandlerType, handler_type),
+        chain=chain,
+        auth=auth,
+        http=options,
+        metadata=meta,
+        resume=resume,
     )
 
 

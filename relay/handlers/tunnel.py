@@ -14,6 +14,8 @@ from relay.chain import Dialed, DialError
 from relay.config.model import Address
 from relay.protocols import relay_v1
 from relay.protocols.relay_v1 import Status
+from relay.protocols.resume import OpenRequest, ResumeError, decode_request, encode_accept
+from relay.resume.core import CoreStream, SessionTable
 from relay.service import ServiceRuntime
 from relay.splice import splice
 
@@ -153,6 +155,11 @@ class RelayServerConnection(_TunnelConnection):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._header_timer: asyncio.TimerHandle | None = None
         self._buf = b""
+        #: A resumable stream was asked for (``relay.resume.core``); None: a plain tunnel.
+        self._resumable: OpenRequest | None = None
+        self._user = ""
+        #: The resumable stream this connection carries (its tunnel attachment), if any.
+        self._stream: CoreStream | None = None
         super().connection_made(transport)
         if not self.refused:
             self._header_timer = asyncio.get_running_loop().call_later(
@@ -206,7 +213,32 @@ class RelayServerConnection(_TunnelConnection):
         if target is None and self.service.forwarder is None and self.service.chain is None:
             self._refuse(Status.FORBIDDEN, "forbidden_target")
             return
+        resumable = request.resume is not None and self.service.resume_sessions is not None
+        if resumable and not self._resume_feature(request):
+            return
         self._spawn(self._connect(target))
+
+    def _resume_feature(self, request: relay_v1.Request) -> bool:
+        """Handle the resume feature; False when the connection was dealt with here (a resume
+        of a parked stream, or a refusal) and nothing must be dialed."""
+        sessions = self.service.resume_sessions
+        assert sessions is not None and request.resume is not None
+        self._user = request.username or ""
+        try:
+            feature = decode_request(request.resume)
+        except ResumeError:
+            self._refuse(Status.BAD_REQUEST, "bad_request")
+            return False
+        if isinstance(feature, OpenRequest):
+            self._resumable = feature
+            return True
+        assert self.transport is not None
+        status, self._stream = sessions.resume(
+            feature, self._user, self.transport, self._take_early(), self.connection_lost
+        )
+        if status != Status.OK:
+            self._refuse(status, "resume_refused")
+        return False
 
     async def _connect(self, target: Address | None) -> None:
         try:
@@ -216,9 +248,41 @@ class RelayServerConnection(_TunnelConnection):
             self._refuse(Status.SERVICE_UNAVAILABLE, None)
             return
         assert self.transport is not None
+        if self._resumable is not None and self.service.resume_sessions is not None:
+            self._open_resumable(dialed, self._resumable, self.service.resume_sessions)
+            return
         if not self._lost and not self.transport.is_closing():
             self.transport.write(relay_v1.encode_response(Status.OK))
         self._splice(dialed, self._take_early())  # closes the upstream if the client left
+
+    def _open_resumable(self, dialed: Dialed, feature: OpenRequest, sessions: SessionTable) -> None:
+        """Carry the tunnel as a resumable stream: its protocol owns both transports, and
+        calls ``connection_lost`` here when a tunnel attachment ends."""
+        client = self.transport
+        assert client is not None
+        if self._lost or client.is_closing():
+            dialed.transport.close()
+            self._finished()
+            return
+        stream, accept = sessions.open(
+            self._user, self.service.config.handler.resume, dialed.transport, dialed.pending,
+            self.service.stats,
+        )  # fmt: skip
+        client.write(relay_v1.encode_response(Status.OK, encode_accept(accept)))
+        self._stream = stream
+        stream.attach(client, feature.early, self._take_early(), self.connection_lost)
+
+    def close(self) -> None:
+        if self._stream is not None:
+            return  # like a splice, a resumable stream is left to end on its own (draining)
+        super().close()
+
+    def abort(self) -> None:
+        stream = self._stream
+        attached = stream.attached if stream is not None else None
+        if stream is not None and attached is not None and attached.transport is self.transport:
+            stream.lose(count=False)  # (not when it was resumed over another tunnel since)
+        super().abort()
 
     def _refuse(self, status: Status, blocked_reason: str | None) -> None:
         if blocked_reason is not None:

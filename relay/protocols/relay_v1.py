@@ -46,6 +46,8 @@ class FeatureType(IntEnum):
     ADDR = 0x02
     TUNNEL = 0x03
     NETWORK = 0x04
+    #: Ours, not gost's: resumable streams (``relay.protocols.resume``). gost ignores it.
+    RESUME = 0xA1
 
 
 class AddrType(IntEnum):
@@ -65,11 +67,15 @@ class Request:
     password: str | None = None
     #: Target ``(host, port)``; ``None`` means "the server's default target".
     target: tuple[str, int] | None = None
+    #: Data of the ``RESUME`` feature (see ``relay.protocols.resume``), when present.
+    resume: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Response:
     status: int
+    #: Data of the ``RESUME`` feature: the server accepted a resumable stream.
+    resume: bytes | None = None
 
 
 # --- encoding -------------------------------------------------------------------------------
@@ -106,11 +112,14 @@ def encode_request(request: Request) -> bytes:
         )
     if request.target is not None:
         features += _feature(FeatureType.ADDR, _encode_addr(*request.target))
+    if request.resume is not None:
+        features += _feature(FeatureType.RESUME, request.resume)
     return struct.pack("!BBH", VERSION, request.cmd, len(features)) + features
 
 
-def encode_response(status: int) -> bytes:
-    return struct.pack("!BBH", VERSION, status, 0)
+def encode_response(status: int, resume: bytes | None = None) -> bytes:
+    features = b"" if resume is None else _feature(FeatureType.RESUME, resume)
+    return struct.pack("!BBH", VERSION, status, len(features)) + features
 
 
 # --- decoding -------------------------------------------------------------------------------
@@ -197,13 +206,17 @@ def parse_request(buf: bytes) -> tuple[Request, bytes] | None:
     cmd, features, rest = split
     username = password = None
     target = None
+    resume = None
     for ftype, data in _iter_features(features):
         if ftype == FeatureType.USER_AUTH:
             username, password = _decode_auth(data)
         elif ftype == FeatureType.ADDR:
             target = _decode_addr(data)
+        elif ftype == FeatureType.RESUME:
+            resume = data
         # Other features (tunnel, network) are not used by this relay: ignore, as gost does.
-    return Request(cmd=cmd, username=username, password=password, target=target), rest
+    request = Request(cmd=cmd, username=username, password=password, target=target, resume=resume)
+    return request, rest
 
 
 def parse_response(buf: bytes) -> tuple[Response, bytes] | None:
@@ -212,5 +225,8 @@ def parse_response(buf: bytes) -> tuple[Response, bytes] | None:
     if split is None:
         return None
     status, features, rest = split
-    _iter_features(features)  # validate framing; the relay sends no response features
-    return Response(status=status), rest
+    resume = None
+    for ftype, data in _iter_features(features):
+        if ftype == FeatureType.RESUME:
+            resume = data
+    return Response(status=status, resume=resume), rest

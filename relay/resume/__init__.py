@@ -1,0 +1,1 @@
+"""Resumable tunneled streams: the edge re-dials, the core parks and replays."""
