@@ -14,6 +14,7 @@ __all__ = [
     "ALERT_NAMES",
     "APPLY_OUTCOMES",
     "CONFIG_STATUSES",
+    "FAILOVER_STATES",
     "NODE_STATUSES",
     "NODE_TYPES",
     "ROLES",
@@ -23,6 +24,7 @@ __all__ = [
     "AuditEntry",
     "ConfigApplyError",
     "ConfigVersion",
+    "FailoverState",
     "HistoryEntry",
     "Lease",
     "Member",
@@ -45,7 +47,16 @@ NODE_STATUSES: Final = ("online", "offline", "degraded", "draining", "standby")
 #: A version's stored lifecycle. Whether it is *active* is not stored here: it is active where an
 #: active pointer names it (see ``ConfigService``), so the two can never disagree.
 CONFIG_STATUSES: Final = ("draft", "published", "deprecated")
-ALERT_NAMES: Final = ("NodeOffline", "HighLatency", "HighErrorRate", "ConnectionExhaustion")
+ALERT_NAMES: Final = (
+    "NodeOffline",
+    "HighLatency",
+    "HighErrorRate",
+    "ConnectionExhaustion",
+    "NodeFailover",
+)
+#: Where the leader's failover (``services/failover.py``) has put a node: ``in`` (chained to as
+#: usual), ``backup`` (listed after every healthy peer) or ``out`` (not chained to at all).
+FAILOVER_STATES: Final = ("in", "backup", "out")
 
 
 def role_allows(role: str, required: Role) -> bool:
@@ -144,6 +155,31 @@ class AgentInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class FailoverState:
+    """The failover controller's record of one node (kept on the node document)."""
+
+    state: str
+    """One of ``FAILOVER_STATES``."""
+    reason: str
+    """Why the last change happened (``offline``, ``degraded: ...``, ``healthy for 30s``)."""
+    changed_at: float
+    """When ``state`` last changed: the minimum interval between changes counts from here."""
+    healthy_since: float | None = None
+    """While not ``in``: since when the node has been healthy without a break (hold-down)."""
+    versions: tuple[int, ...] = ()
+    """The config versions the last change produced (edges re-rendered without the node)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "reason": self.reason,
+            "changed_at": iso(self.changed_at),
+            "healthy_since": iso(self.healthy_since),
+            "versions": list(self.versions),
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class Node:
     id: str
     name: str
@@ -164,6 +200,20 @@ class Node:
     agent: AgentInfo | None = None
     release: str | None = None
     """The relay release a deployment last installed on the node (None: none yet)."""
+    failover: FailoverState | None = None
+    """Set once the leader's failover has judged the node (None: never taken out)."""
+
+    @property
+    def render_status(self) -> str:
+        """The status peers are rendered with: a node failed ``out`` is not chained to (as if
+        offline) and one moved to ``backup`` is listed last (as if degraded), whatever its
+        own status says, until the failover puts it back."""
+        state = self.failover.state if self.failover else "in"
+        if state == "out":
+            return "failed_over"
+        if state == "backup" and self.status == "online":
+            return "degraded"
+        return self.status
 
     def to_json(self, desired_version: int | None) -> dict[str, Any]:
         """Public view (never the token hash); ``desired_version`` comes from the pointers."""
@@ -184,6 +234,7 @@ class Node:
             "config_error": self.config_error.to_json() if self.config_error else None,
             "agent": self.agent.to_json() if self.agent else None,
             "release": self.release,
+            "failover": self.failover.to_json() if self.failover else None,
             "created_at": iso(self.created_at),
             "updated_at": iso(self.updated_at),
         }

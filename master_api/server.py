@@ -24,10 +24,11 @@ from waitress import create_server
 
 from master_api import create_app
 from master_api.errors import StoreUnavailable
-from master_api.extensions import StoreExtension, repos
+from master_api.extensions import StoreExtension, repos, services
 from master_api.grpc import AgentGrpcServer
 from master_api.leader import BackgroundWorker, DeploymentWorker, LeaderElector, housekeeping
 from master_api.metrics import MasterMetrics
+from master_api.services.failover import FailoverController
 from master_api.services.monitor import Monitor
 from master_api.services.notify import WebhookNotifier
 from master_api.settings import Settings
@@ -120,10 +121,12 @@ def serve(settings: Settings) -> int:
         if settings.alert_webhook:
             notifier = WebhookNotifier(settings.alert_webhook, settings.webhook_timeout)
         monitor = Monitor(repos(app), settings, notifier)
+        failover = FailoverController(repos(app), settings, services(app).configs, notifier)
         worker = BackgroundWorker(
             lambda: elector is not None and elector.is_leader,
             [
                 ("monitor", monitor.run_once),
+                ("failover", failover.run_once),
                 ("housekeeping", lambda: housekeeping(repos(app), settings)),
             ],
             settings.leader_renew_interval,

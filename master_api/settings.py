@@ -161,6 +161,19 @@ class Settings:
     """Largest accepted request body, bytes (larger: 413)."""
     log_level: str = "info"
     """debug, info, warning or error."""
+    failover_enabled: bool = True
+    """The leader takes offline or degraded nodes out of their peers' chains (and puts them
+    back), re-rendering and pushing the affected configs (``services/failover.py``)."""
+    failover_node_types: tuple[str, ...] = ("core",)
+    """Node types the failover watches (comma separated): the ones others chain to."""
+    failover_hold_down: float = 60.0
+    """A node taken out returns only after being healthy this long without a break, seconds."""
+    failover_min_interval: float = 30.0
+    """Least time between two changes of one node's failover state, seconds (taking an
+    offline node out is never delayed)."""
+    failover_recover_ratio: float = 0.5
+    """Hysteresis: a degraded node counts as healthy again only once its error rate and p99
+    latency are below this share of their alert thresholds."""
 
     def __post_init__(self) -> None:
         if self.password_memory_kib < 8 * self.password_parallelism:
@@ -380,6 +393,18 @@ def _choice(*choices: str) -> Callable[[object], str]:
     return parse
 
 
+def _boolean(raw: object) -> bool:
+    """true/false, yes/no, on/off, 1/0 (a TOML bool as is); anything else is an error."""
+    if isinstance(raw, bool):
+        return raw
+    text = _text(raw).lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
 def _names(raw: object) -> tuple[str, ...]:
     items = list(raw) if isinstance(raw, list | tuple) else _text(raw).split(",")
     names = tuple(_text(item) for item in items if _text(item))
@@ -449,4 +474,9 @@ _PARSERS: dict[str, Callable[[object], Any]] = {
     "deploy_stream_max": _duration(1.0, 86400.0),
     "max_body_bytes": _integer(1024, 1024 * 1024 * 1024),
     "log_level": _choice("debug", "info", "warning", "error"),
+    "failover_enabled": _boolean,
+    "failover_node_types": _names,
+    "failover_hold_down": _duration(0.0, 86400.0),
+    "failover_min_interval": _duration(0.0, 86400.0),
+    "failover_recover_ratio": _number(0.0, 1.0),
 }

@@ -88,6 +88,15 @@ CONFIG_ERROR: Schema = obj(
 )
 AGENT: Schema = obj({"hostname": STR, "version": STR, "registered_at": TIME})
 
+FAILOVER: Schema = obj(
+    {
+        "state": {"type": "string", "enum": ["in", "backup", "out"]},
+        "reason": STR,
+        "changed_at": TIME,
+        "healthy_since": nullable(TIME),
+        "versions": {"type": "array", "items": INT},
+    }
+)
 _NODE_PROPS: dict[str, Schema] = {
     "id": STR,
     "name": STR,
@@ -105,6 +114,7 @@ _NODE_PROPS: dict[str, Schema] = {
     "config_error": nullable(CONFIG_ERROR),
     "agent": nullable(AGENT),
     "release": nullable(STR),
+    "failover": nullable(FAILOVER),
     "created_at": TIME,
     "updated_at": TIME,
 }

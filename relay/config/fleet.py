@@ -115,6 +115,7 @@ __all__ = [
     "ParamSpec",
     "check_config_data",
     "expand_template",
+    "peer_types",
     "render_node_config",
     "render_node_mapping",
     "template_params",
@@ -655,6 +656,21 @@ def check_config_data(config_data: str, node_type: str, base_dir: str = DEFAULT_
         for t in peer_types
     ]
     render_node_mapping(config_data, stand_in, stand_in_peers, 0, base_dir)
+
+
+def peer_types(config_data: str) -> frozenset[str]:
+    """Node types that ``config_data``'s ``peers`` hops chain to (``{"core"}`` for the edge
+    template): whose inventory changes alter what this version renders. Unparsable YAML or
+    malformed hops count as none (the checker reports them elsewhere)."""
+    try:
+        data = _parse(config_data)
+    except ConfigError:
+        return frozenset()
+    return frozenset(
+        spec["type"]
+        for _, hop in _hops(data)
+        if isinstance(spec := hop.get("peers"), dict) and spec.get("type") in NODE_TYPES
+    )
 
 
 _NODE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
