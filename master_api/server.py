@@ -107,12 +107,21 @@ def serve(settings: Settings) -> int:
             log.error("%s", exc)
             agents = None
             return 1
+        proxy: dict[str, object] = {}
+        if settings.http_trusted_proxy:
+            proxy = {
+                "trusted_proxy": settings.http_trusted_proxy,
+                "trusted_proxy_count": 1,
+                "trusted_proxy_headers": {"x-forwarded-for", "x-forwarded-proto"},
+                "clear_untrusted_proxy_headers": True,
+            }
         server = create_server(
             app,
             host=settings.http_addr.host or "0.0.0.0",
             port=settings.http_addr.port,
             threads=settings.http_threads,
             ident="aicdn-master",
+            **proxy,
         )
         http_addr = f"{settings.http_addr.host or '0.0.0.0'}:{server.effective_port}"
         elector = LeaderElector(repos(app), settings, http_addr)

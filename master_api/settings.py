@@ -161,6 +161,11 @@ class Settings:
     """Largest accepted request body, bytes (larger: 413)."""
     log_level: str = "info"
     """debug, info, warning or error."""
+    http_trusted_proxy: str | None = None
+    """Address of a load balancer in front of the REST API (nginx, the master cluster): its
+    ``X-Forwarded-For``/``X-Forwarded-Proto`` are trusted, so the admin-allow check and the
+    audit log see the real client. Unset: forwarded headers are ignored. ``*`` trusts anyone
+    (only when nothing else can reach the port)."""
     failover_enabled: bool = True
     """The leader takes offline or degraded nodes out of their peers' chains (and puts them
     back), re-rendering and pushing the affected configs (``services/failover.py``)."""
@@ -474,6 +479,7 @@ _PARSERS: dict[str, Callable[[object], Any]] = {
     "deploy_stream_max": _duration(1.0, 86400.0),
     "max_body_bytes": _integer(1024, 1024 * 1024 * 1024),
     "log_level": _choice("debug", "info", "warning", "error"),
+    "http_trusted_proxy": _optional(_text),
     "failover_enabled": _boolean,
     "failover_node_types": _names,
     "failover_hold_down": _duration(0.0, 86400.0),
