@@ -161,6 +161,12 @@ class Settings:
     """Largest accepted request body, bytes (larger: 413)."""
     log_level: str = "info"
     """debug, info, warning or error."""
+    http_tls_cert_file: str | None = None
+    """PEM certificate chain of the REST API; with ``http_tls_key_file`` it serves TLS 1.3 only
+    on ``http_addr`` (rotated files are picked up by new connections, no restart). Unset:
+    plain HTTP (behind a TLS balancer, or on a trusted network)."""
+    http_tls_key_file: str | None = None
+    """PEM private key of ``http_tls_cert_file``."""
     http_trusted_proxy: str | None = None
     """Address of a load balancer in front of the REST API (nginx, the master cluster): its
     ``X-Forwarded-For``/``X-Forwarded-Proto`` are trusted, so the admin-allow check and the
@@ -190,6 +196,10 @@ class Settings:
         if (self.grpc_tls_cert_file is None) != (self.grpc_tls_key_file is None):
             raise SettingsError(
                 f"{ENV_PREFIX}GRPC_TLS_CERT_FILE and {ENV_PREFIX}GRPC_TLS_KEY_FILE go together"
+            )
+        if (self.http_tls_cert_file is None) != (self.http_tls_key_file is None):
+            raise SettingsError(
+                f"{ENV_PREFIX}HTTP_TLS_CERT_FILE and {ENV_PREFIX}HTTP_TLS_KEY_FILE go together"
             )
         if self.grpc_tls_client_ca_file is not None and self.grpc_tls_cert_file is None:
             raise SettingsError(
@@ -479,6 +489,8 @@ _PARSERS: dict[str, Callable[[object], Any]] = {
     "deploy_stream_max": _duration(1.0, 86400.0),
     "max_body_bytes": _integer(1024, 1024 * 1024 * 1024),
     "log_level": _choice("debug", "info", "warning", "error"),
+    "http_tls_cert_file": _optional(_path),
+    "http_tls_key_file": _optional(_path),
     "http_trusted_proxy": _optional(_text),
     "failover_enabled": _boolean,
     "failover_node_types": _names,
