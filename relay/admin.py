@@ -1,7 +1,8 @@
 """Admin API (``GET /healthz``, ``GET /config``, ``POST /reload``) and the metrics endpoint.
 
 Low-traffic HTTP/1.1 on asyncio streams; one request per connection. When ``api.addr`` and
-``metrics.addr`` are the same address one listener serves both.
+``metrics.addr`` are the same address one listener serves both. Either can serve TLS 1.3
+(``api.tls``, ``metrics.tls``); a reload re-reads their certificates (rotation).
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ import asyncio
 import hmac
 import json
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 from relay.config import ConfigError, redacted_mapping
-from relay.config.model import Address, RelayConfig
+from relay.config.model import Address, RelayConfig, TLSConfig
+from relay.transports.tls import server_context
 
 log = logging.getLogger(__name__)
 
@@ -77,16 +80,34 @@ class AdminServer:
         self.metrics_port: int | None = None
         self._reload_lock = asyncio.Lock()
 
-    async def start(self, config: RelayConfig) -> None:
-        self._config = config
-        wanted: list[Address] = []
+    @staticmethod
+    def _contexts(config: RelayConfig) -> dict[Address, ssl.SSLContext | None]:
+        """Each address to listen on and its TLS context (None: plain). Reads certificate
+        files: raises ``OSError``/``ssl.SSLError``/``ValueError`` for unusable ones."""
+        wanted: dict[Address, TLSConfig | None] = {}
         if config.api is not None:
-            wanted.append(config.api.addr)
+            wanted[config.api.addr] = config.api.tls
         if config.metrics is not None and config.metrics.addr not in wanted:
-            wanted.append(config.metrics.addr)
-        for addr in wanted:
+            wanted[config.metrics.addr] = config.metrics.tls
+        return {
+            addr: None if tls is None else server_context(tls, config.base_dir)
+            for addr, tls in wanted.items()
+        }
+
+    async def start(
+        self, config: RelayConfig, contexts: dict[Address, ssl.SSLContext | None] | None = None
+    ) -> None:
+        self._config = config
+        if contexts is None:
+            contexts = self._contexts(config)
+        for addr, context in contexts.items():
             server = await asyncio.start_server(
-                self._handle, host=addr.host or None, port=addr.port, reuse_address=True
+                self._handle,
+                host=addr.host or None,
+                port=addr.port,
+                reuse_address=True,
+                ssl=context,
+                ssl_handshake_timeout=READ_TIMEOUT if context is not None else None,
             )
             self._servers[addr] = server
         if config.api is not None:
@@ -95,19 +116,36 @@ class AdminServer:
             self.metrics_port = self._port(config.metrics.addr)
 
     async def reconfigure(self, config: RelayConfig) -> None:
-        """Follow a reload; listeners move only when their address changed."""
+        """Follow a reload; listeners move only when their address or TLS changed, and TLS
+        listeners start again with their certificate files read anew (rotation). Unusable
+        certificate files are logged and the listeners kept as they were."""
         old = self._config
-        same = (
-            old is not None
-            and (old.api.addr if old.api else None) == (config.api.addr if config.api else None)
-            and (old.metrics.addr if old.metrics else None)
-            == (config.metrics.addr if config.metrics else None)
+
+        def shape(c: RelayConfig | None) -> tuple[object, ...]:
+            if c is None:
+                return ()
+            return (
+                c.api.addr if c.api else None,
+                c.api.tls if c.api else None,
+                c.metrics.addr if c.metrics else None,
+                c.metrics.tls if c.metrics else None,
+            )
+
+        uses_tls = any(
+            section is not None and section.tls is not None
+            for section in (config.api, config.metrics)
         )
-        if same:
+        if shape(old) == shape(config) and not uses_tls:
+            self._config = config
+            return
+        try:
+            contexts = self._contexts(config)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            log.error("admin/metrics TLS files refused, the endpoints stay as they were: %s", exc)
             self._config = config
             return
         await self.stop()
-        await self.start(config)
+        await self.start(config, contexts)
 
     async def stop(self) -> None:
         for server in self._servers.values():

@@ -14,12 +14,12 @@ the renderer consumes before the relay's own checker sees the result:
 
 ``@node`` (``NODE_PLACEHOLDER``)
     As the value of ``certFile``, ``keyFile`` or ``caFile`` in a ``tls`` block (the top-level
-    ``tls``, a service's ``listener.tls``, a chain node's ``dialer.tls`` or a ``peers`` dialer's
-    ``tls``), it means "this node's file". The renderer fills in ``node.metadata["cert_file"]``,
-    ``["key_file"]`` or ``["ca_file"]`` when the node has one (used verbatim), else
-    ``{base_dir}/tls/{node.name}.pem``, ``{base_dir}/tls/{node.name}.key`` or
-    ``{base_dir}/tls/ca.pem``. Concrete paths are kept as written. ``@node`` anywhere else is
-    an error.
+    ``tls``, ``api.tls``, ``metrics.tls``, a service's ``listener.tls``, a chain node's
+    ``dialer.tls`` or a ``peers`` dialer's ``tls``), it means "this node's file". The renderer
+    fills in ``node.metadata["cert_file"]``, ``["key_file"]`` or ``["ca_file"]`` when the node
+    has one (used verbatim), else ``{base_dir}/tls/{node.name}.pem``,
+    ``{base_dir}/tls/{node.name}.key`` or ``{base_dir}/tls/ca.pem``. Concrete paths are kept as
+    written. ``@node`` anywhere else is an error.
 
 ``peers`` in a chain hop
     Instead of (or besides) ``nodes``, a hop may say which fleet nodes to chain to::
@@ -895,7 +895,7 @@ def _tls_blocks(data: dict[str, Any]) -> Iterator[dict[str, Any]]:
         return value
 
     services = data.get("services")
-    blocks = [data.get("tls")]
+    blocks = [data.get("tls"), sub(data, "api", "tls"), sub(data, "metrics", "tls")]
     blocks += [sub(s, "listener", "tls") for s in _as_list(services)]
     for _, hop in _hops(data):
         blocks += [sub(n, "dialer", "tls") for n in _as_list(hop.get("nodes"))]
