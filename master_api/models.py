@@ -18,6 +18,8 @@ __all__ = [
     "NODE_STATUSES",
     "NODE_TYPES",
     "ROLES",
+    "SCALE_ACTIONS",
+    "SCALE_STATUSES",
     "ActivePointer",
     "AgentInfo",
     "Alert",
@@ -32,6 +34,7 @@ __all__ = [
     "NodeMetrics",
     "Role",
     "RollbackRecord",
+    "ScaleDecision",
     "User",
     "iso",
     "role_allows",
@@ -436,4 +439,53 @@ class Member:
             "started_at": iso(self.started_at),
             "last_seen": iso(self.last_seen),
             "leader": self.id == leader_id,
+        }
+
+
+#: What an autoscale decision did, and where it stands.
+SCALE_ACTIONS: Final = ("scale_up", "scale_down")
+SCALE_STATUSES: Final = ("deploying", "active", "failed", "draining", "standby")
+
+
+@dataclass(frozen=True, slots=True)
+class ScaleDecision:
+    """One autoscale decision (``autoscale_decisions``): a standby node activated through a
+    deployment, or an active one drained back to standby.
+
+    ``status``: ``deploying`` (its deployment runs) -> ``active`` (passed its health gate, now
+    online) or ``failed`` (stays standby); ``draining`` (peers stop chaining to it) ->
+    ``standby`` (its connections drained, or the drain time ran out).
+    """
+
+    id: str
+    node_type: str
+    region: str
+    action: str
+    node_id: str
+    node_name: str
+    reason: str
+    status: str
+    active_before: int
+    load: float
+    at: float
+    updated_at: float
+    deployment_id: str | None = None
+    versions: tuple[int, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "node_type": self.node_type,
+            "region": self.region,
+            "action": self.action,
+            "node_id": self.node_id,
+            "node_name": self.node_name,
+            "reason": self.reason,
+            "status": self.status,
+            "active_before": self.active_before,
+            "load": self.load,
+            "deployment_id": self.deployment_id,
+            "versions": list(self.versions),
+            "at": iso(self.at),
+            "updated_at": iso(self.updated_at),
         }

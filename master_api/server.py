@@ -28,6 +28,7 @@ from master_api.extensions import StoreExtension, repos, services
 from master_api.grpc import AgentGrpcServer
 from master_api.leader import BackgroundWorker, DeploymentWorker, LeaderElector, housekeeping
 from master_api.metrics import MasterMetrics
+from master_api.services.autoscale import Autoscaler
 from master_api.services.failover import FailoverController
 from master_api.services.monitor import Monitor
 from master_api.services.notify import WebhookNotifier
@@ -152,11 +153,15 @@ def serve(settings: Settings) -> int:
             notifier = WebhookNotifier(settings.alert_webhook, settings.webhook_timeout)
         monitor = Monitor(repos(app), settings, notifier)
         failover = FailoverController(repos(app), settings, services(app).configs, notifier)
+        autoscaler = Autoscaler(
+            repos(app), settings, services(app).configs, services(app).deployments
+        )
         worker = BackgroundWorker(
             lambda: elector is not None and elector.is_leader,
             [
                 ("monitor", monitor.run_once),
                 ("failover", failover.run_once),
+                ("autoscale", autoscaler.run_once),
                 ("housekeeping", lambda: housekeeping(repos(app), settings)),
             ],
             settings.leader_renew_interval,

@@ -185,6 +185,28 @@ class Settings:
     failover_recover_ratio: float = 0.5
     """Hysteresis: a degraded node counts as healthy again only once its error rate and p99
     latency are below this share of their alert thresholds."""
+    autoscale_enabled: bool = False
+    """The leader activates ``standby`` nodes when load stays high and drains active ones back
+    to standby when it stays low (``services/autoscale.py``)."""
+    autoscale_window: float = 300.0
+    """Load must stay over (under) its threshold this long before a scale up (down), seconds."""
+    autoscale_cooldown: float = 600.0
+    """Least time between two decisions for one node type and region, seconds."""
+    autoscale_up_connections: float = 5000.0
+    """Scale up above this many open connections per active node (0: not used)."""
+    autoscale_down_connections: float = 1000.0
+    """Scale down below this many open connections per active node."""
+    autoscale_up_rps: float = 0.0
+    """Scale up above this many requests per second per active node (0: not used)."""
+    autoscale_down_rps: float = 0.0
+    """Scale down only while requests per second per active node are below this (0: not used)."""
+    autoscale_bounds: tuple[str, ...] = ()
+    """Active nodes allowed per group, comma separated ``type[:region]=min-max`` (``core:cn=1-4,
+    edge=2-20``); groups not listed: 1-1000. A group below its minimum activates at once."""
+    autoscale_drain_time: float = 300.0
+    """Longest wait for a draining node's connections to reach zero before it goes to standby."""
+    autoscale_release: str | None = None
+    """Relay release the activation deployment installs (None: the playbook's default)."""
 
     def __post_init__(self) -> None:
         if self.password_memory_kib < 8 * self.password_parallelism:
@@ -420,6 +442,22 @@ def _boolean(raw: object) -> bool:
     raise ValueError(f"expected true or false, got {text!r}")
 
 
+_BOUND_RE = re.compile(r"(edge|core)(?::([A-Za-z0-9_.-]+))?=(\d+)-(\d+)")
+
+
+def _scale_bounds(raw: object) -> tuple[str, ...]:
+    """``type[:region]=min-max`` items (comma separated), min <= max."""
+    items = list(raw) if isinstance(raw, list | tuple) else _text(raw).split(",")
+    bounds = tuple(_text(item) for item in items if _text(item))
+    for bound in bounds:
+        match = _BOUND_RE.fullmatch(bound)
+        if match is None:
+            raise ValueError(f"bad bound {bound!r}; expected e.g. core:cn=1-4 or edge=2-20")
+        if int(match.group(3)) > int(match.group(4)):
+            raise ValueError(f"bound {bound!r}: the minimum is above the maximum")
+    return bounds
+
+
 def _names(raw: object) -> tuple[str, ...]:
     items = list(raw) if isinstance(raw, list | tuple) else _text(raw).split(",")
     names = tuple(_text(item) for item in items if _text(item))
@@ -497,4 +535,14 @@ _PARSERS: dict[str, Callable[[object], Any]] = {
     "failover_hold_down": _duration(0.0, 86400.0),
     "failover_min_interval": _duration(0.0, 86400.0),
     "failover_recover_ratio": _number(0.0, 1.0),
+    "autoscale_enabled": _boolean,
+    "autoscale_window": _duration(0.0, 86400.0),
+    "autoscale_cooldown": _duration(0.0, 86400.0),
+    "autoscale_up_connections": _number(0.0, 1e9),
+    "autoscale_down_connections": _number(0.0, 1e9),
+    "autoscale_up_rps": _number(0.0, 1e9),
+    "autoscale_down_rps": _number(0.0, 1e9),
+    "autoscale_bounds": _scale_bounds,
+    "autoscale_drain_time": _duration(0.0, 86400.0),
+    "autoscale_release": _optional(_text),
 }

@@ -315,3 +315,46 @@ DEPLOYMENT: Schema = obj(
         "rollback": nullable(PHASE_RESULT),
     }
 )
+
+SCALE_DECISION: Schema = obj(
+    {
+        "id": STR,
+        "node_type": STR,
+        "region": STR,
+        "action": {"type": "string", "enum": ["scale_up", "scale_down"]},
+        "node_id": STR,
+        "node_name": STR,
+        "reason": STR,
+        "status": {
+            "type": "string",
+            "enum": ["deploying", "active", "failed", "draining", "standby"],
+        },
+        "active_before": INT,
+        "load": NUM,
+        "deployment_id": nullable(STR),
+        "versions": {"type": "array", "items": INT},
+        "at": TIME,
+        "updated_at": TIME,
+    }
+)
+AUTOSCALE: Schema = obj(
+    {
+        "enabled": BOOL,
+        "groups": {
+            "type": "array",
+            "items": obj(
+                {
+                    "node_type": STR,
+                    "region": STR,
+                    "active": INT,
+                    "standby": INT,
+                    "draining": INT,
+                    "min_active": INT,
+                    "max_active": INT,
+                    "connections_per_node": NUM,
+                }
+            ),
+        },
+        "decisions": {"type": "array", "items": SCALE_DECISION},
+    }
+)

@@ -45,13 +45,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from master_api.errors import ApiError, Conflict
+from master_api.errors import Conflict
 from master_api.models import AuditEntry, FailoverState, Node
 from master_api.repos import NodeFilter, Repos
-from master_api.services.configs import DEFAULT_CONFIG_TYPE, ConfigService, DraftInput
+from master_api.services.configs import ConfigService
 from master_api.services.monitor import Notifier
+from master_api.services.republish import republish_peers
 from master_api.settings import Settings
-from relay.config.fleet import peer_types
 
 __all__ = ["ACTOR", "FailoverChange", "FailoverController", "decide", "health_of"]
 
@@ -60,7 +60,6 @@ log = logging.getLogger(__name__)
 #: Who the history, audit and config versions name as having made a failover change.
 ACTOR = "failover"
 ALERT = "NodeFailover"
-_SETTLE_MARGIN = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,14 +169,19 @@ class FailoverController:
             self._repos.nodes.set_failover(node.id, record)
         if not changes:
             return []
-        # Agents render through snapshots of the inventory up to ``agent_snapshot_ttl`` old (on
-        # every master): publishing only after that long means any render of the new version
-        # already sees the state written above, never the node as it was.
-        self._sleep(self._settings.agent_snapshot_ttl + _SETTLE_MARGIN)
         description = "failover: " + "; ".join(
             f"{node.name} {record.state} ({record.reason})" for node, record in changes
         )
-        versions = self._republish({node.type for node, _ in changes}, description)
+        # Published only once every agent's inventory snapshot has seen the states written
+        # above (``republish_peers``), so no render of the new version has the node as it was.
+        versions = republish_peers(
+            self._configs,
+            {node.type for node, _ in changes},
+            description,
+            ACTOR,
+            settle=self._settings.agent_snapshot_ttl,
+            sleep=self._sleep,
+        )
         done: list[FailoverChange] = []
         for node, record in changes:
             before = node.failover.state if node.failover else "in"
@@ -189,37 +193,6 @@ class FailoverController:
             self._record(node, change, now)
             done.append(change)
         return done
-
-    def _republish(self, node_types: set[str], description: str) -> tuple[int, ...]:
-        """Publish a fresh copy of every active version that chains to ``node_types``; the
-        new version ids (one per active pointer)."""
-        produced: list[int] = []
-        for pointer in self._configs.pointers():
-            if pointer.config_type != DEFAULT_CONFIG_TYPE:
-                continue
-            try:
-                version = self._configs.get(pointer.version_id)
-                if not peer_types(version.config_data) & node_types:
-                    continue
-                draft = self._configs.create_draft(
-                    DraftInput(
-                        node_type=version.node_type,
-                        config_type=version.config_type,
-                        regions=(pointer.region,),
-                        description=description[:500],
-                        config_data=version.config_data,
-                    ),
-                    ACTOR,
-                )
-                self._configs.publish(draft.version_id, ACTOR, action=ACTOR)
-            except ApiError as exc:  # one pointer's failure must not stop the others
-                log.error(
-                    "failover could not republish the %s config of region %r: %s",
-                    pointer.node_type, pointer.region, exc.message,
-                )  # fmt: skip
-                continue
-            produced.append(draft.version_id)
-        return tuple(produced)
 
     def _record(self, node: Node, change: FailoverChange, now: float) -> None:
         versions = ", ".join(str(v) for v in change.versions) or "none"

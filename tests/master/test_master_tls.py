@@ -143,7 +143,7 @@ def test_rest_and_grpc_serve_tls13_and_follow_rotated_files(
 ) -> None:
     first: CertPair = master.first_cert  # type: ignore[attr-defined]
     assert _served(master.http_port, pki) == (_der(first), "TLSv1.3")
-    assert _served(master.grpc_port, pki, ["h2"])[0] == _der(first)
+    assert _served(master.grpc_port, pki, ["h2"]) == (_der(first), "TLSv1.3")
     # A client that stops at TLS 1.2 is refused.
     old_client = client_ssl_context(pki)
     old_client.maximum_version = ssl.TLSVersion.TLSv1_2
