@@ -18,6 +18,7 @@ from typing import Protocol
 
 from relay.config import ConfigError, redacted_mapping
 from relay.config.model import Address, RelayConfig, TLSConfig
+from relay.listeners import SwappableContext
 from relay.transports.tls import server_context
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ class AdminServer:
         self._node = node
         self._config: RelayConfig | None = None
         self._servers: dict[Address, asyncio.Server] = {}
+        self._tls: dict[Address, SwappableContext] = {}
         self.api_port: int | None = None
         self.metrics_port: int | None = None
         self._reload_lock = asyncio.Lock()
@@ -101,6 +103,8 @@ class AdminServer:
         if contexts is None:
             contexts = self._contexts(config)
         for addr, context in contexts.items():
+            if context is not None:
+                self._tls[addr] = SwappableContext(context)
             server = await asyncio.start_server(
                 self._handle,
                 host=addr.host or None,
@@ -116,32 +120,34 @@ class AdminServer:
             self.metrics_port = self._port(config.metrics.addr)
 
     async def reconfigure(self, config: RelayConfig) -> None:
-        """Follow a reload; listeners move only when their address or TLS changed, and TLS
-        listeners start again with their certificate files read anew (rotation). Unusable
-        certificate files are logged and the listeners kept as they were."""
+        """Follow a reload. Listeners move only when an address changed or TLS was turned on
+        or off (or client certificates); otherwise TLS listeners keep their socket and serve
+        certificates read anew (rotation) to new connections -- no moment where the agent's
+        post-reload health check would find the port closed. Unusable certificate files are
+        logged and the endpoints keep what they had."""
         old = self._config
 
         def shape(c: RelayConfig | None) -> tuple[object, ...]:
             if c is None:
                 return ()
-            return (
-                c.api.addr if c.api else None,
-                c.api.tls if c.api else None,
-                c.metrics.addr if c.metrics else None,
-                c.metrics.tls if c.metrics else None,
-            )
+            return tuple(
+                (section.addr, section.tls is not None,
+                 section.tls is not None and section.tls.ca_file is not None)
+                if section is not None else None
+                for section in (c.api, c.metrics)
+            )  # fmt: skip
 
-        uses_tls = any(
-            section is not None and section.tls is not None
-            for section in (config.api, config.metrics)
-        )
-        if shape(old) == shape(config) and not uses_tls:
-            self._config = config
-            return
         try:
             contexts = self._contexts(config)
         except (OSError, ssl.SSLError, ValueError) as exc:
             log.error("admin/metrics TLS files refused, the endpoints stay as they were: %s", exc)
+            self._config = config
+            return
+        if shape(old) == shape(config):
+            for addr, context in contexts.items():
+                swappable = self._tls.get(addr)
+                if context is not None and swappable is not None:
+                    swappable.current = context
             self._config = config
             return
         await self.stop()
@@ -151,6 +157,7 @@ class AdminServer:
         for server in self._servers.values():
             server.close()
         self._servers.clear()
+        self._tls.clear()
 
     def _port(self, addr: Address) -> int:
         return int(self._servers[addr].sockets[0].getsockname()[1])

@@ -43,7 +43,7 @@ class Listening(Protocol):
     async def wait_closed(self) -> None: ...
 
 
-class _SwappableContext:
+class SwappableContext:
     """A listener's TLS context that a reload can replace for new handshakes.
 
     ``asyncio`` fixes a server's ``SSLContext`` when it starts listening; the first context's
@@ -162,14 +162,14 @@ async def listen(
         _REFRESHERS[h3_listener] = _quic_refresher(h3_listener, options, h3.ALPN)
         return h3_listener
     ssl_ctx = None
-    swappable: _SwappableContext | None = None
+    swappable: SwappableContext | None = None
     alpn: tuple[str, ...] = ()
     if kind in ("tls", "wss"):
         tls = service.listener.tls or default_tls
         assert tls is not None  # the loader refuses TLS listeners without certificates
         alpn = (TUNNEL_ALPN, "http/1.1") if kind == "tls" else ("http/1.1",)
         ssl_ctx = server_context(tls, base_dir, alpn)
-        swappable = _SwappableContext(ssl_ctx)
+        swappable = SwappableContext(ssl_ctx)
     protocol_factory = factory
     if kind in ("ws", "wss"):
         protocol_factory = _ws_factory(factory, service.listener.path, _keepalive(service))
@@ -201,7 +201,7 @@ async def listen(
 
 
 def _tcp_refresher(
-    swappable: _SwappableContext, alpn: tuple[str, ...]
+    swappable: SwappableContext, alpn: tuple[str, ...]
 ) -> Callable[[TLSConfig, str], Callable[[], None]]:
     def prepare(tls: TLSConfig, base_dir: str) -> Callable[[], None]:
         fresh = server_context(tls, base_dir, alpn)
