@@ -168,7 +168,8 @@ class FailoverState:
     changed_at: float
     """When ``state`` last changed: the minimum interval between changes counts from here."""
     healthy_since: float | None = None
-    """While not ``in``: since when the node has been healthy without a break (hold-down)."""
+    """While not ``in``: since when the node has been healthy without a break (hold-down); on
+    the ``in`` record that put it back, the start of that hold-down."""
     versions: tuple[int, ...] = ()
     """The config versions the last change produced (edges re-rendered without the node)."""
 

@@ -126,7 +126,8 @@ def decide(node: Node, settings: Settings, now: float) -> FailoverState | None:
     healthy_since = current.healthy_since if current.healthy_since is not None else now
     if now - healthy_since >= settings.failover_hold_down and settled:
         held = now - healthy_since
-        return FailoverState("in", f"healthy for {held:.0f}s", now)
+        # healthy_since stays on the record: the proof of the hold-down (audit, tests).
+        return FailoverState("in", f"healthy for {held:.0f}s", now, healthy_since)
     if current.healthy_since is None:
         return replace(current, healthy_since=healthy_since)
     return None
