@@ -231,6 +231,7 @@ class TlsFront:
         peer = writer.get_extra_info("peername")
         client = str(peer[0]) if peer else ""
         backend_port: int | None = None
+        up_writer: asyncio.StreamWriter | None = None
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._backend_port)
             backend_port = int(up_writer.get_extra_info("sockname")[1])
@@ -243,17 +244,23 @@ class TlsFront:
             if backend_port is not None:
                 with self._clients_lock:
                     self._clients.pop(backend_port, None)
+            if up_writer is not None:
+                up_writer.close()
             writer.close()
             self._tasks.discard(task)
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Copy until EOF, then pass the EOF on (TLS cannot half-close: the connection is closed,
+    which also ends the other direction)."""
     try:
         while data := await reader.read(_CHUNK):
             writer.write(data)
             await writer.drain()
         if writer.can_write_eof():
             writer.write_eof()
+        else:
+            writer.close()
     except (OSError, RuntimeError):
         writer.close()
 
