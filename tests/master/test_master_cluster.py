@@ -5,6 +5,7 @@ monitor) carries on on the master elected next."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -13,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from http.client import HTTPConnection
 from pathlib import Path
 
 import pytest
@@ -160,7 +162,7 @@ def _leader(url: str, token: str) -> str | None:
 @pytest.mark.slow
 @pytest.mark.skipif(NGINX is None, reason="nginx is not installed (.ci/run installs it)")
 def test_killing_the_leader_under_load_costs_no_request(
-    cluster: list[MasterProcess], operator: Caller, tmp_path: Path
+    cluster: list[MasterProcess], operator: Caller, admin: Caller, tmp_path: Path
 ) -> None:
     nginx = Nginx(tmp_path / "nginx", [m.http_port for m in cluster])
     try:
@@ -234,5 +236,16 @@ def test_killing_the_leader_under_load_costs_no_request(
         assert ok > 50
         alerts = http("GET", f"{nginx.url}/api/v1/alerts?name=NodeOffline", token=token).json()
         assert [a["node_name"] for a in alerts["items"]] == ["edge-9"]
+
+        # The masters trust the balancer's X-Forwarded-For: the audit log names the client
+        # (here 127.0.0.2), not nginx.
+        conn = HTTPConnection("127.0.0.1", nginx.port, timeout=10, source_address=("127.0.0.2", 0))
+        body = json.dumps({"username": "operator", "password": PASSWORD})
+        conn.request("POST", "/api/v1/auth/login", body, {"Content-Type": "application/json"})
+        assert conn.getresponse().status == 200
+        conn.close()
+        entries = admin.get("/api/v1/audit?limit=200").json["items"]
+        logins = [e["ip"] for e in entries if e["path"] == "/api/v1/auth/login"]
+        assert "127.0.0.2" in logins, logins
     finally:
         nginx.stop()
