@@ -6,7 +6,9 @@ several apps in one process -- tests -- do not collide).
   ``endpoint`` is the route name (bounded), never the raw path;
 * ``aicdn_master_nodes{status}``, ``aicdn_master_active_config_versions`` -- read from the
   store at scrape time; ``aicdn_master_store_up`` is 0 (and those two absent) when it is down;
-* ``aicdn_master_leader`` -- 1 on the leading master.
+* ``aicdn_master_leader`` -- 1 on the leading master;
+* ``aicdn_master_failover_nodes{state}`` -- nodes in failover ``backup`` / ``out``;
+* ``aicdn_master_autoscale_decisions{action}`` -- autoscale decisions taken.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ class _StoreCollector(Collector):
         try:
             repos = self._repos()
             by_status = repos.nodes.count_by_status()
+            by_failover = repos.nodes.count_by_failover()
+            decisions = repos.autoscale_decisions.count_by_action()
             active = {p.version_id for p in repos.config_active.all()}
         except StoreUnavailable:
             up.add_metric([], 0.0)
@@ -52,6 +56,22 @@ class _StoreCollector(Collector):
         for status in ("online", "offline", "degraded", "draining", "standby"):
             nodes.add_metric([status], float(by_status.get(status, 0)))
         yield nodes
+        failover = GaugeMetricFamily(
+            "aicdn_master_failover_nodes",
+            "Nodes the failover has moved to backup or taken out",
+            labels=["state"],
+        )
+        for state in ("backup", "out"):
+            failover.add_metric([state], float(by_failover.get(state, 0)))
+        yield failover
+        scale = GaugeMetricFamily(
+            "aicdn_master_autoscale_decisions",
+            "Autoscale decisions taken, by action (their reasons: GET /api/v1/autoscale)",
+            labels=["action"],
+        )
+        for action in ("scale_up", "scale_down"):
+            scale.add_metric([action], float(decisions.get(action, 0)))
+        yield scale
         versions = GaugeMetricFamily(
             "aicdn_master_active_config_versions", "Distinct config versions active somewhere"
         )

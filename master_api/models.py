@@ -14,15 +14,19 @@ __all__ = [
     "ALERT_NAMES",
     "APPLY_OUTCOMES",
     "CONFIG_STATUSES",
+    "FAILOVER_STATES",
     "NODE_STATUSES",
     "NODE_TYPES",
     "ROLES",
+    "SCALE_ACTIONS",
+    "SCALE_STATUSES",
     "ActivePointer",
     "AgentInfo",
     "Alert",
     "AuditEntry",
     "ConfigApplyError",
     "ConfigVersion",
+    "FailoverState",
     "HistoryEntry",
     "Lease",
     "Member",
@@ -30,6 +34,7 @@ __all__ = [
     "NodeMetrics",
     "Role",
     "RollbackRecord",
+    "ScaleDecision",
     "User",
     "iso",
     "role_allows",
@@ -45,7 +50,16 @@ NODE_STATUSES: Final = ("online", "offline", "degraded", "draining", "standby")
 #: A version's stored lifecycle. Whether it is *active* is not stored here: it is active where an
 #: active pointer names it (see ``ConfigService``), so the two can never disagree.
 CONFIG_STATUSES: Final = ("draft", "published", "deprecated")
-ALERT_NAMES: Final = ("NodeOffline", "HighLatency", "HighErrorRate", "ConnectionExhaustion")
+ALERT_NAMES: Final = (
+    "NodeOffline",
+    "HighLatency",
+    "HighErrorRate",
+    "ConnectionExhaustion",
+    "NodeFailover",
+)
+#: Where the leader's failover (``services/failover.py``) has put a node: ``in`` (chained to as
+#: usual), ``backup`` (listed after every healthy peer) or ``out`` (not chained to at all).
+FAILOVER_STATES: Final = ("in", "backup", "out")
 
 
 def role_allows(role: str, required: Role) -> bool:
@@ -144,6 +158,32 @@ class AgentInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class FailoverState:
+    """The failover controller's record of one node (kept on the node document)."""
+
+    state: str
+    """One of ``FAILOVER_STATES``."""
+    reason: str
+    """Why the last change happened (``offline``, ``degraded: ...``, ``healthy for 30s``)."""
+    changed_at: float
+    """When ``state`` last changed: the minimum interval between changes counts from here."""
+    healthy_since: float | None = None
+    """While not ``in``: since when the node has been healthy without a break (hold-down); on
+    the ``in`` record that put it back, the start of that hold-down."""
+    versions: tuple[int, ...] = ()
+    """The config versions the last change produced (edges re-rendered without the node)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "reason": self.reason,
+            "changed_at": iso(self.changed_at),
+            "healthy_since": iso(self.healthy_since),
+            "versions": list(self.versions),
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class Node:
     id: str
     name: str
@@ -164,6 +204,20 @@ class Node:
     agent: AgentInfo | None = None
     release: str | None = None
     """The relay release a deployment last installed on the node (None: none yet)."""
+    failover: FailoverState | None = None
+    """Set once the leader's failover has judged the node (None: never taken out)."""
+
+    @property
+    def render_status(self) -> str:
+        """The status peers are rendered with: a node failed ``out`` is not chained to (as if
+        offline) and one moved to ``backup`` is listed last (as if degraded), whatever its
+        own status says, until the failover puts it back."""
+        state = self.failover.state if self.failover else "in"
+        if state == "out":
+            return "failed_over"
+        if state == "backup" and self.status == "online":
+            return "degraded"
+        return self.status
 
     def to_json(self, desired_version: int | None) -> dict[str, Any]:
         """Public view (never the token hash); ``desired_version`` comes from the pointers."""
@@ -184,6 +238,7 @@ class Node:
             "config_error": self.config_error.to_json() if self.config_error else None,
             "agent": self.agent.to_json() if self.agent else None,
             "release": self.release,
+            "failover": self.failover.to_json() if self.failover else None,
             "created_at": iso(self.created_at),
             "updated_at": iso(self.updated_at),
         }
@@ -385,4 +440,53 @@ class Member:
             "started_at": iso(self.started_at),
             "last_seen": iso(self.last_seen),
             "leader": self.id == leader_id,
+        }
+
+
+#: What an autoscale decision did, and where it stands.
+SCALE_ACTIONS: Final = ("scale_up", "scale_down")
+SCALE_STATUSES: Final = ("deploying", "active", "failed", "draining", "standby")
+
+
+@dataclass(frozen=True, slots=True)
+class ScaleDecision:
+    """One autoscale decision (``autoscale_decisions``): a standby node activated through a
+    deployment, or an active one drained back to standby.
+
+    ``status``: ``deploying`` (its deployment runs) -> ``active`` (passed its health gate, now
+    online) or ``failed`` (stays standby); ``draining`` (peers stop chaining to it) ->
+    ``standby`` (its connections drained, or the drain time ran out).
+    """
+
+    id: str
+    node_type: str
+    region: str
+    action: str
+    node_id: str
+    node_name: str
+    reason: str
+    status: str
+    active_before: int
+    load: float
+    at: float
+    updated_at: float
+    deployment_id: str | None = None
+    versions: tuple[int, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "node_type": self.node_type,
+            "region": self.region,
+            "action": self.action,
+            "node_id": self.node_id,
+            "node_name": self.node_name,
+            "reason": self.reason,
+            "status": self.status,
+            "active_before": self.active_before,
+            "load": self.load,
+            "deployment_id": self.deployment_id,
+            "versions": list(self.versions),
+            "at": iso(self.at),
+            "updated_at": iso(self.updated_at),
         }

@@ -24,14 +24,17 @@ from waitress import create_server
 
 from master_api import create_app
 from master_api.errors import StoreUnavailable
-from master_api.extensions import StoreExtension, repos
+from master_api.extensions import StoreExtension, repos, services
 from master_api.grpc import AgentGrpcServer
 from master_api.leader import BackgroundWorker, DeploymentWorker, LeaderElector, housekeeping
 from master_api.metrics import MasterMetrics
+from master_api.services.autoscale import Autoscaler
+from master_api.services.failover import FailoverController
 from master_api.services.monitor import Monitor
 from master_api.services.notify import WebhookNotifier
 from master_api.settings import Settings
 from master_api.store import EmbeddedMongo
+from master_api.tls import CertificateFiles, ClientAddressFromFront, TlsFront
 
 __all__ = ["load_or_create_secret", "serve", "wait_for_app"]
 
@@ -87,6 +90,7 @@ def serve(settings: Settings) -> int:
     deployments: DeploymentWorker | None = None
     notifier: WebhookNotifier | None = None
     agents: AgentGrpcServer | None = None
+    front: TlsFront | None = None
     app: Flask | None = None
     try:
         if settings.mongo_uri is None:
@@ -106,24 +110,58 @@ def serve(settings: Settings) -> int:
             log.error("%s", exc)
             agents = None
             return 1
-        server = create_server(
-            app,
-            host=settings.http_addr.host or "0.0.0.0",
-            port=settings.http_addr.port,
-            threads=settings.http_threads,
-            ident="aicdn-master",
-        )
-        http_addr = f"{settings.http_addr.host or '0.0.0.0'}:{server.effective_port}"
+        proxy: dict[str, object] = {}
+        if settings.http_trusted_proxy:
+            proxy = {
+                "trusted_proxy": settings.http_trusted_proxy,
+                "trusted_proxy_count": 1,
+                "trusted_proxy_headers": {"x-forwarded-for", "x-forwarded-proto"},
+                "clear_untrusted_proxy_headers": True,
+            }
+        wsgi: object = app
+        host, port = settings.http_addr.host or "0.0.0.0", settings.http_addr.port
+        if settings.http_tls_cert_file and settings.http_tls_key_file:
+            # waitress speaks plain HTTP: it listens on loopback behind the TLS front.
+            files = CertificateFiles(settings.http_tls_cert_file, settings.http_tls_key_file)
+            backend = create_server(
+                app, host="127.0.0.1", port=0, threads=settings.http_threads,
+                ident="aicdn-master", **proxy,
+            )  # fmt: skip
+            front = TlsFront(host, port, int(backend.effective_port), files)
+            wsgi = ClientAddressFromFront(app, front)
+            backend.application = wsgi
+            try:
+                port = front.start()
+            except OSError as exc:
+                log.error("cannot serve TLS on %s:%d: %s", host, port, exc)
+                front = None
+                return 1
+            server = backend
+            scheme = "https"
+        else:
+            server = create_server(
+                app, host=host, port=port, threads=settings.http_threads,
+                ident="aicdn-master", **proxy,
+            )  # fmt: skip
+            port = int(server.effective_port)
+            scheme = "http"
+        http_addr = f"{host}:{port}"
         elector = LeaderElector(repos(app), settings, http_addr)
         app.extensions["aicdn_elector"] = elector
         MasterMetrics.get(app).is_leader = lambda: elector is not None and elector.is_leader
         if settings.alert_webhook:
             notifier = WebhookNotifier(settings.alert_webhook, settings.webhook_timeout)
         monitor = Monitor(repos(app), settings, notifier)
+        failover = FailoverController(repos(app), settings, services(app).configs, notifier)
+        autoscaler = Autoscaler(
+            repos(app), settings, services(app).configs, services(app).deployments
+        )
         worker = BackgroundWorker(
             lambda: elector is not None and elector.is_leader,
             [
                 ("monitor", monitor.run_once),
+                ("failover", failover.run_once),
+                ("autoscale", autoscaler.run_once),
                 ("housekeeping", lambda: housekeeping(repos(app), settings)),
             ],
             settings.leader_renew_interval,
@@ -138,7 +176,8 @@ def serve(settings: Settings) -> int:
         worker.start()
         deployments.start()
         log.info(
-            "aicdn-master serving http://%s and gRPC %s:%d (member %s)",
+            "aicdn-master serving %s://%s and gRPC %s:%d (member %s)",
+            scheme,
             http_addr,
             settings.grpc_addr.host or "0.0.0.0",
             grpc_port,
@@ -152,6 +191,8 @@ def serve(settings: Settings) -> int:
         # A second signal must not cut the clean-up short (and leave the store running).
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if front is not None:
+            front.stop()
         if agents is not None:
             agents.stop(grace=1.0)
         if deployments is not None:

@@ -193,6 +193,52 @@ class Settings:
     ui_dir: str = field(default_factory=lambda: str(_REPO_ROOT / "web" / "dist"))
     """The built web console the master serves at ``/ui`` (``make web`` builds it into the
     checkout's ``web/dist``, the default)."""
+    http_tls_cert_file: str | None = None
+    """PEM certificate chain of the REST API; with ``http_tls_key_file`` it serves TLS 1.3 only
+    on ``http_addr`` (rotated files are picked up by new connections, no restart). Unset:
+    plain HTTP (behind a TLS balancer, or on a trusted network)."""
+    http_tls_key_file: str | None = None
+    """PEM private key of ``http_tls_cert_file``."""
+    http_trusted_proxy: str | None = None
+    """Address of a load balancer in front of the REST API (nginx, the master cluster): its
+    ``X-Forwarded-For``/``X-Forwarded-Proto`` are trusted, so the admin-allow check and the
+    audit log see the real client. Unset: forwarded headers are ignored. ``*`` trusts anyone
+    (only when nothing else can reach the port)."""
+    failover_enabled: bool = True
+    """The leader takes offline or degraded nodes out of their peers' chains (and puts them
+    back), re-rendering and pushing the affected configs (``services/failover.py``)."""
+    failover_node_types: tuple[str, ...] = ("core",)
+    """Node types the failover watches (comma separated): the ones others chain to."""
+    failover_hold_down: float = 60.0
+    """A node taken out returns only after being healthy this long without a break, seconds."""
+    failover_min_interval: float = 30.0
+    """Least time between two changes of one node's failover state, seconds (taking an
+    offline node out is never delayed)."""
+    failover_recover_ratio: float = 0.5
+    """Hysteresis: a degraded node counts as healthy again only once its error rate and p99
+    latency are below this share of their alert thresholds."""
+    autoscale_enabled: bool = False
+    """The leader activates ``standby`` nodes when load stays high and drains active ones back
+    to standby when it stays low (``services/autoscale.py``)."""
+    autoscale_window: float = 300.0
+    """Load must stay over (under) its threshold this long before a scale up (down), seconds."""
+    autoscale_cooldown: float = 600.0
+    """Least time between two decisions for one node type and region, seconds."""
+    autoscale_up_connections: float = 5000.0
+    """Scale up above this many open connections per active node (0: not used)."""
+    autoscale_down_connections: float = 1000.0
+    """Scale down below this many open connections per active node."""
+    autoscale_up_rps: float = 0.0
+    """Scale up above this many requests per second per active node (0: not used)."""
+    autoscale_down_rps: float = 0.0
+    """Scale down only while requests per second per active node are below this (0: not used)."""
+    autoscale_bounds: tuple[str, ...] = ()
+    """Active nodes allowed per group, comma separated ``type[:region]=min-max`` (``core:cn=1-4,
+    edge=2-20``); groups not listed: 1-1000. A group below its minimum activates at once."""
+    autoscale_drain_time: float = 300.0
+    """Longest wait for a draining node's connections to reach zero before it goes to standby."""
+    autoscale_release: str | None = None
+    """Relay release the activation deployment installs (None: the playbook's default)."""
 
     def __post_init__(self) -> None:
         if self.password_memory_kib < 8 * self.password_parallelism:
@@ -204,6 +250,10 @@ class Settings:
         if (self.grpc_tls_cert_file is None) != (self.grpc_tls_key_file is None):
             raise SettingsError(
                 f"{ENV_PREFIX}GRPC_TLS_CERT_FILE and {ENV_PREFIX}GRPC_TLS_KEY_FILE go together"
+            )
+        if (self.http_tls_cert_file is None) != (self.http_tls_key_file is None):
+            raise SettingsError(
+                f"{ENV_PREFIX}HTTP_TLS_CERT_FILE and {ENV_PREFIX}HTTP_TLS_KEY_FILE go together"
             )
         if self.grpc_tls_client_ca_file is not None and self.grpc_tls_cert_file is None:
             raise SettingsError(
@@ -412,6 +462,34 @@ def _choice(*choices: str) -> Callable[[object], str]:
     return parse
 
 
+def _boolean(raw: object) -> bool:
+    """true/false, yes/no, on/off, 1/0 (a TOML bool as is); anything else is an error."""
+    if isinstance(raw, bool):
+        return raw
+    text = _text(raw).lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+_BOUND_RE = re.compile(r"(edge|core)(?::([A-Za-z0-9_.-]+))?=(\d+)-(\d+)")
+
+
+def _scale_bounds(raw: object) -> tuple[str, ...]:
+    """``type[:region]=min-max`` items (comma separated), min <= max."""
+    items = list(raw) if isinstance(raw, list | tuple) else _text(raw).split(",")
+    bounds = tuple(_text(item) for item in items if _text(item))
+    for bound in bounds:
+        match = _BOUND_RE.fullmatch(bound)
+        if match is None:
+            raise ValueError(f"bad bound {bound!r}; expected e.g. core:cn=1-4 or edge=2-20")
+        if int(match.group(3)) > int(match.group(4)):
+            raise ValueError(f"bound {bound!r}: the minimum is above the maximum")
+    return bounds
+
+
 def _names(raw: object) -> tuple[str, ...]:
     items = list(raw) if isinstance(raw, list | tuple) else _text(raw).split(",")
     names = tuple(_text(item) for item in items if _text(item))
@@ -555,4 +633,22 @@ _PARSERS: dict[str, Callable[[object], Any]] = {
     "dns_nameservers": _dns_names,
     "dns_metrics_addr": _optional(_listen_address),
     "ui_dir": _path,
+    "http_tls_cert_file": _optional(_path),
+    "http_tls_key_file": _optional(_path),
+    "http_trusted_proxy": _optional(_text),
+    "failover_enabled": _boolean,
+    "failover_node_types": _names,
+    "failover_hold_down": _duration(0.0, 86400.0),
+    "failover_min_interval": _duration(0.0, 86400.0),
+    "failover_recover_ratio": _number(0.0, 1.0),
+    "autoscale_enabled": _boolean,
+    "autoscale_window": _duration(0.0, 86400.0),
+    "autoscale_cooldown": _duration(0.0, 86400.0),
+    "autoscale_up_connections": _number(0.0, 1e9),
+    "autoscale_down_connections": _number(0.0, 1e9),
+    "autoscale_up_rps": _number(0.0, 1e9),
+    "autoscale_down_rps": _number(0.0, 1e9),
+    "autoscale_bounds": _scale_bounds,
+    "autoscale_drain_time": _duration(0.0, 86400.0),
+    "autoscale_release": _optional(_text),
 }

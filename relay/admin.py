@@ -1,7 +1,8 @@
 """Admin API (``GET /healthz``, ``GET /config``, ``POST /reload``) and the metrics endpoint.
 
 Low-traffic HTTP/1.1 on asyncio streams; one request per connection. When ``api.addr`` and
-``metrics.addr`` are the same address one listener serves both.
+``metrics.addr`` are the same address one listener serves both. Either can serve TLS 1.3
+(``api.tls``, ``metrics.tls``); a reload re-reads their certificates (rotation).
 """
 
 from __future__ import annotations
@@ -10,12 +11,15 @@ import asyncio
 import hmac
 import json
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 from relay.config import ConfigError, redacted_mapping
-from relay.config.model import Address, RelayConfig
+from relay.config.model import Address, RelayConfig, TLSConfig
+from relay.listeners import SwappableContext
+from relay.transports.tls import server_context
 
 log = logging.getLogger(__name__)
 
@@ -73,20 +77,41 @@ class AdminServer:
         self._node = node
         self._config: RelayConfig | None = None
         self._servers: dict[Address, asyncio.Server] = {}
+        self._tls: dict[Address, SwappableContext] = {}
         self.api_port: int | None = None
         self.metrics_port: int | None = None
         self._reload_lock = asyncio.Lock()
 
-    async def start(self, config: RelayConfig) -> None:
-        self._config = config
-        wanted: list[Address] = []
+    @staticmethod
+    def _contexts(config: RelayConfig) -> dict[Address, ssl.SSLContext | None]:
+        """Each address to listen on and its TLS context (None: plain). Reads certificate
+        files: raises ``OSError``/``ssl.SSLError``/``ValueError`` for unusable ones."""
+        wanted: dict[Address, TLSConfig | None] = {}
         if config.api is not None:
-            wanted.append(config.api.addr)
+            wanted[config.api.addr] = config.api.tls
         if config.metrics is not None and config.metrics.addr not in wanted:
-            wanted.append(config.metrics.addr)
-        for addr in wanted:
+            wanted[config.metrics.addr] = config.metrics.tls
+        return {
+            addr: None if tls is None else server_context(tls, config.base_dir)
+            for addr, tls in wanted.items()
+        }
+
+    async def start(
+        self, config: RelayConfig, contexts: dict[Address, ssl.SSLContext | None] | None = None
+    ) -> None:
+        self._config = config
+        if contexts is None:
+            contexts = self._contexts(config)
+        for addr, context in contexts.items():
+            if context is not None:
+                self._tls[addr] = SwappableContext(context)
             server = await asyncio.start_server(
-                self._handle, host=addr.host or None, port=addr.port, reuse_address=True
+                self._handle,
+                host=addr.host or None,
+                port=addr.port,
+                reuse_address=True,
+                ssl=context,
+                ssl_handshake_timeout=READ_TIMEOUT if context is not None else None,
             )
             self._servers[addr] = server
         if config.api is not None:
@@ -95,24 +120,44 @@ class AdminServer:
             self.metrics_port = self._port(config.metrics.addr)
 
     async def reconfigure(self, config: RelayConfig) -> None:
-        """Follow a reload; listeners move only when their address changed."""
+        """Follow a reload. Listeners move only when an address changed or TLS was turned on
+        or off (or client certificates); otherwise TLS listeners keep their socket and serve
+        certificates read anew (rotation) to new connections -- no moment where the agent's
+        post-reload health check would find the port closed. Unusable certificate files are
+        logged and the endpoints keep what they had."""
         old = self._config
-        same = (
-            old is not None
-            and (old.api.addr if old.api else None) == (config.api.addr if config.api else None)
-            and (old.metrics.addr if old.metrics else None)
-            == (config.metrics.addr if config.metrics else None)
-        )
-        if same:
+
+        def shape(c: RelayConfig | None) -> tuple[object, ...]:
+            if c is None:
+                return ()
+            return tuple(
+                (section.addr, section.tls is not None,
+                 section.tls is not None and section.tls.ca_file is not None)
+                if section is not None else None
+                for section in (c.api, c.metrics)
+            )  # fmt: skip
+
+        try:
+            contexts = self._contexts(config)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            log.error("admin/metrics TLS files refused, the endpoints stay as they were: %s", exc)
+            self._config = config
+            return
+        if shape(old) == shape(config):
+            for addr, context in contexts.items():
+                swappable = self._tls.get(addr)
+                if context is not None and swappable is not None:
+                    swappable.current = context
             self._config = config
             return
         await self.stop()
-        await self.start(config)
+        await self.start(config, contexts)
 
     async def stop(self) -> None:
         for server in self._servers.values():
             server.close()
         self._servers.clear()
+        self._tls.clear()
 
     def _port(self, addr: Address) -> int:
         return int(self._servers[addr].sockets[0].getsockname()[1])

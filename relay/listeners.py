@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -12,8 +13,8 @@ from relay.config.model import ServiceConfig, TLSConfig
 from relay.transports.base import LayeredTransport
 from relay.transports.proxied import ProxyHeaderReader
 from relay.transports.quic import h3
-from relay.transports.quic.options import QuicOptions
-from relay.transports.quic.server import serve_quic
+from relay.transports.quic.options import QuicOptions, server_configuration
+from relay.transports.quic.server import QuicListener, serve_quic
 from relay.transports.tls import TUNNEL_ALPN, server_context
 from relay.transports.tls_layer import TLSLayerTransport
 from relay.transports.ws import ServerHandshake, WebSocketTransport
@@ -40,6 +41,48 @@ class Listening(Protocol):
     def close(self) -> None: ...
 
     async def wait_closed(self) -> None: ...
+
+
+class SwappableContext:
+    """A listener's TLS context that a reload can replace for new handshakes.
+
+    ``asyncio`` fixes a server's ``SSLContext`` when it starts listening; the first context's
+    SNI callback (called on every ClientHello, SNI or not) moves each new connection onto the
+    current one. Connections already established keep the certificate they were served.
+    """
+
+    def __init__(self, first: ssl.SSLContext) -> None:
+        self.first = first
+        self.current = first
+        first.sni_callback = self._pick
+
+    def _pick(self, conn: ssl.SSLObject | ssl.SSLSocket, _name: str | None, _ctx: Any) -> None:
+        current = self.current
+        if current is not self.first:
+            conn.context = current
+
+
+#: Listening object -> prepares new certificates for it (see ``prepare_certificates``).
+_REFRESHERS: weakref.WeakKeyDictionary[Any, Callable[[TLSConfig, str], Callable[[], None]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def prepare_certificates(
+    listening: Listening, tls: TLSConfig | None, base_dir: str
+) -> Callable[[], None] | None:
+    """For a TLS, WSS, QUIC or HTTP/3 listener kept across a reload: read its certificate and
+    key (and client CA) from ``tls`` afresh and return a function that makes new handshakes
+    use them (streams already open are untouched). None for listeners without TLS.
+
+    Reading happens here, applying in the returned function, so a reload can read every
+    listener's files before it changes anything. Raises ``OSError``/``ssl.SSLError``/
+    ``ValueError`` for unreadable or mismatched files.
+    """
+    refresher = _REFRESHERS.get(listening)
+    if refresher is None or tls is None:
+        return None
+    return refresher(tls, base_dir)
 
 
 def _ws_factory(factory: ProtocolFactory, path: str, keepalive: float) -> ProtocolFactory:
@@ -101,25 +144,32 @@ async def listen(
         assert quic_tls is not None  # the loader refuses TLS listeners without certificates
         options = QuicOptions.from_metadata(service.listener.metadata)
         if kind == "quic":
-            return await serve_quic(
+            quic = await serve_quic(
                 service.addr.host or None, service.addr.port, quic_tls, base_dir, factory,
                 options, reuse_port,
             )  # fmt: skip
+            _REFRESHERS[quic] = _quic_refresher(quic, options)
+            return quic
         if service.handler.type != "http":
             raise ListenerUnavailable(
                 f"service {service.name}: an http3 listener serves the http handler only"
             )
         # Each H3 request stream is presented to the http handler as an HTTP/1.1 connection.
-        return await serve_quic(
+        h3_listener = await serve_quic(
             service.addr.host or None, service.addr.port, quic_tls, base_dir, factory,
             options, reuse_port, alpn=h3.ALPN, listener_type=h3.H3Listener,
         )  # fmt: skip
+        _REFRESHERS[h3_listener] = _quic_refresher(h3_listener, options, h3.ALPN)
+        return h3_listener
     ssl_ctx = None
+    swappable: SwappableContext | None = None
+    alpn: tuple[str, ...] = ()
     if kind in ("tls", "wss"):
         tls = service.listener.tls or default_tls
         assert tls is not None  # the loader refuses TLS listeners without certificates
         alpn = (TUNNEL_ALPN, "http/1.1") if kind == "tls" else ("http/1.1",)
         ssl_ctx = server_context(tls, base_dir, alpn)
+        swappable = SwappableContext(ssl_ctx)
     protocol_factory = factory
     if kind in ("ws", "wss"):
         protocol_factory = _ws_factory(factory, service.listener.path, _keepalive(service))
@@ -145,4 +195,45 @@ async def listen(
         # event leaves at once instead of waiting behind Nagle's algorithm.
         if listening.family in (socket.AF_INET, socket.AF_INET6):
             listening.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if swappable is not None:
+        _REFRESHERS[server] = _tcp_refresher(swappable, alpn)
     return server
+
+
+def _tcp_refresher(
+    swappable: SwappableContext, alpn: tuple[str, ...]
+) -> Callable[[TLSConfig, str], Callable[[], None]]:
+    def prepare(tls: TLSConfig, base_dir: str) -> Callable[[], None]:
+        fresh = server_context(tls, base_dir, alpn)
+
+        def apply() -> None:
+            swappable.current = fresh
+
+        return apply
+
+    return prepare
+
+
+def _quic_refresher(
+    listener: QuicListener, options: QuicOptions, alpn: str | None = None
+) -> Callable[[TLSConfig, str], Callable[[], None]]:
+    def prepare(tls: TLSConfig, base_dir: str) -> Callable[[], None]:
+        fresh = (
+            server_configuration(tls, base_dir, options)
+            if alpn is None
+            else server_configuration(tls, base_dir, options, alpn)
+        )
+
+        def apply() -> None:
+            # aioquic builds each new connection from the server's configuration object: its
+            # certificate fields are replaced in place (one loop turn, nothing half-set).
+            current = listener.configuration
+            if current is None:
+                return
+            current.certificate = fresh.certificate
+            current.certificate_chain = fresh.certificate_chain
+            current.private_key = fresh.private_key
+
+        return apply
+
+    return prepare

@@ -20,7 +20,7 @@ from relay.config import ConfigError
 from relay.config.model import RelayConfig, ServiceConfig
 from relay.handlers.http import HttpConnection
 from relay.handlers.tunnel import ForwardConnection, RelayServerConnection
-from relay.listeners import Listening, listen
+from relay.listeners import Listening, listen, prepare_certificates
 from relay.metrics import RelayMetrics
 from relay.policy import ServicePolicies
 from relay.resume.core import SessionTable
@@ -185,16 +185,26 @@ class RelayNode:
         """Swap in ``new`` (already validated).
 
         Services whose address and listener are unchanged keep their listening socket; the
-        others get a new one, bound before anything is swapped. Raises ``OSError`` when an
-        address cannot be bound, and the node then keeps running what it had.
+        others get a new one, bound before anything is swapped. Kept TLS listeners read their
+        certificate files again, so a reload after replacing them (rotation) serves the new
+        certificates to new connections while open streams go on. Raises ``OSError`` when an
+        address cannot be bound and ``ssl.SSLError``/``ValueError`` for unusable certificate
+        files, and the node then keeps running what it had.
         """
         chains = self._build_chains(new)
         runtimes = {s.name: self._runtime(s, new, chains) for s in new.services}
         fresh: dict[str, _Slot] = {}
+        rotations: list[Callable[[], None]] = []
         try:
             for service in new.services:
                 old = self._slots.get(service.name)
                 if old is not None and _listener_key(old.config) == _listener_key(service):
+                    assert old.server is not None
+                    rotate = prepare_certificates(
+                        old.server, service.listener.tls or new.tls, new.base_dir
+                    )
+                    if rotate is not None:
+                        rotations.append(rotate)
                     continue
                 slot = _Slot(service, runtimes[service.name])
                 slot.server = await self._listen(service, new, slot)
@@ -204,6 +214,8 @@ class RelayNode:
                 assert slot.server is not None
                 slot.server.close()
             raise
+        for rotate in rotations:
+            rotate()
         slots: dict[str, _Slot] = {}
         for service in new.services:
             if service.name in fresh:

@@ -88,6 +88,15 @@ CONFIG_ERROR: Schema = obj(
 )
 AGENT: Schema = obj({"hostname": STR, "version": STR, "registered_at": TIME})
 
+FAILOVER: Schema = obj(
+    {
+        "state": {"type": "string", "enum": ["in", "backup", "out"]},
+        "reason": STR,
+        "changed_at": TIME,
+        "healthy_since": nullable(TIME),
+        "versions": {"type": "array", "items": INT},
+    }
+)
 _NODE_PROPS: dict[str, Schema] = {
     "id": STR,
     "name": STR,
@@ -105,6 +114,7 @@ _NODE_PROPS: dict[str, Schema] = {
     "config_error": nullable(CONFIG_ERROR),
     "agent": nullable(AGENT),
     "release": nullable(STR),
+    "failover": nullable(FAILOVER),
     "created_at": TIME,
     "updated_at": TIME,
 }
@@ -308,5 +318,48 @@ DEPLOYMENT: Schema = obj(
         "result": nullable(PHASE_RESULT),
         "rollback": nullable(PHASE_RESULT),
         "external": BOOL,
+    }
+)
+
+SCALE_DECISION: Schema = obj(
+    {
+        "id": STR,
+        "node_type": STR,
+        "region": STR,
+        "action": {"type": "string", "enum": ["scale_up", "scale_down"]},
+        "node_id": STR,
+        "node_name": STR,
+        "reason": STR,
+        "status": {
+            "type": "string",
+            "enum": ["deploying", "active", "failed", "draining", "standby"],
+        },
+        "active_before": INT,
+        "load": NUM,
+        "deployment_id": nullable(STR),
+        "versions": {"type": "array", "items": INT},
+        "at": TIME,
+        "updated_at": TIME,
+    }
+)
+AUTOSCALE: Schema = obj(
+    {
+        "enabled": BOOL,
+        "groups": {
+            "type": "array",
+            "items": obj(
+                {
+                    "node_type": STR,
+                    "region": STR,
+                    "active": INT,
+                    "standby": INT,
+                    "draining": INT,
+                    "min_active": INT,
+                    "max_active": INT,
+                    "connections_per_node": NUM,
+                }
+            ),
+        },
+        "decisions": {"type": "array", "items": SCALE_DECISION},
     }
 )

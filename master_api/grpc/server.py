@@ -15,7 +15,6 @@ import asyncio
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import grpc
 import grpc.aio
@@ -25,6 +24,7 @@ from master_api.extensions import services
 from master_api.grpc.hub import HUB_KEY, CommandHub
 from master_api.grpc.service import AgentServicer
 from master_api.settings import Settings
+from master_api.tls import CertificateFiles, grpc_credentials
 from relay.agent.rpc import Keepalive, add_servicer, server_options
 
 __all__ = ["HUB_KEY", "AgentGrpcServer"]
@@ -33,17 +33,15 @@ log = logging.getLogger(__name__)
 
 
 def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS credentials that follow rotated files (``master_api.tls``), or None (plaintext)."""
     if settings.grpc_tls_cert_file is None or settings.grpc_tls_key_file is None:
         return None
-    pair = (
-        Path(settings.grpc_tls_key_file).read_bytes(),
-        Path(settings.grpc_tls_cert_file).read_bytes(),
-    )
-    client_ca = settings.grpc_tls_client_ca_file
-    return grpc.ssl_server_credentials(
-        [pair],
-        root_certificates=Path(client_ca).read_bytes() if client_ca else None,
-        require_client_auth=client_ca is not None,
+    return grpc_credentials(
+        CertificateFiles(
+            settings.grpc_tls_cert_file,
+            settings.grpc_tls_key_file,
+            settings.grpc_tls_client_ca_file,
+        )
     )
 
 

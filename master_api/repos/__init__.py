@@ -10,6 +10,7 @@ from pymongo.database import Database
 
 from master_api.repos.alerts import AlertsRepo
 from master_api.repos.audit_log import AuditLogRepo
+from master_api.repos.autoscale_decisions import AutoscaleDecisionsRepo
 from master_api.repos.base import BaseRepo, Document, db_call
 from master_api.repos.config_active import ActivePointersRepo
 from master_api.repos.config_history import ConfigHistoryRepo
@@ -50,6 +51,7 @@ class Repos:
         self.deployments = DeploymentsRepo(db)
         self.deployment_events = DeploymentEventsRepo(db)
         self.deployment_locks = DeploymentLocksRepo(db)
+        self.autoscale_decisions = AutoscaleDecisionsRepo(db)
 
     def all(self) -> list[BaseRepo]:
         return [value for value in vars(self).values() if isinstance(value, BaseRepo)]

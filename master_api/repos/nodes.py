@@ -6,7 +6,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from master_api.models import NODE_STATUSES, AgentInfo, ConfigApplyError, Node, NodeMetrics
+from master_api.models import (
+    NODE_STATUSES,
+    AgentInfo,
+    ConfigApplyError,
+    FailoverState,
+    Node,
+    NodeMetrics,
+)
 from master_api.repos.base import BaseRepo, Document, IndexSpec, all_of, db_call
 
 __all__ = ["NodeFilter", "NodesRepo"]
@@ -94,6 +101,17 @@ class NodesRepo(BaseRepo):
         for doc in self.collection.find({}, {"status": 1}):
             status = str(doc.get("status"))
             counts[status] = counts.get(status, 0) + 1
+        return counts
+
+    @db_call()
+    def count_by_failover(self) -> dict[str, int]:
+        """Number of nodes per failover state (nodes never judged are not counted)."""
+        counts: dict[str, int] = {}
+        for doc in self.collection.find({}, {"failover": 1}):
+            record = doc.get("failover")
+            if isinstance(record, dict) and record.get("state"):
+                state = str(record["state"])
+                counts[state] = counts.get(state, 0) + 1
         return counts
 
     @db_call(conflict=_CONFLICT)
@@ -214,6 +232,19 @@ class NodesRepo(BaseRepo):
         return result.modified_count == 1
 
     @db_call()
+    def set_failover(self, node_id: str, failover: FailoverState) -> bool:
+        """Store the failover controller's record of the node; False when it does not exist."""
+        doc: Document = {
+            "state": failover.state,
+            "reason": failover.reason,
+            "changed_at": failover.changed_at,
+            "healthy_since": failover.healthy_since,
+            "versions": list(failover.versions),
+        }
+        result = self.collection.update_one({"_id": node_id}, {"$set": {"failover": doc}})
+        return result.matched_count == 1
+
+    @db_call()
     def reporting(self) -> list[Node]:
         """Nodes with reported metrics that are not offline (inputs of the metric alerts)."""
         query = all_of({"status": {"$in": ["online", "degraded"]}}, {"last_seen": {"$gt": 0}})
@@ -265,6 +296,19 @@ def _agent(value: object) -> AgentInfo | None:
     )
 
 
+def _failover(value: object) -> FailoverState | None:
+    if not isinstance(value, dict) or value.get("state") is None:
+        return None
+    healthy = value.get("healthy_since")
+    return FailoverState(
+        state=str(value["state"]),
+        reason=str(value.get("reason", "")),
+        changed_at=float(value.get("changed_at") or 0.0),
+        healthy_since=None if healthy is None else float(healthy),
+        versions=tuple(int(v) for v in value.get("versions") or ()),
+    )
+
+
 def _node(doc: Document) -> Node:
     return Node(
         id=str(doc["_id"]),
@@ -285,4 +329,5 @@ def _node(doc: Document) -> Node:
         config_error=_config_error(doc.get("config_error")),
         agent=_agent(doc.get("agent")),
         release=None if doc.get("release") is None else str(doc["release"]),
+        failover=_failover(doc.get("failover")),
     )

@@ -252,8 +252,9 @@ class ConfigService:
         )
         return version
 
-    def publish(self, version_id: int, actor: str) -> PublishResult:
-        """Make ``version_id`` the active version of each of its regions.
+    def publish(self, version_id: int, actor: str, action: str = "publish") -> PublishResult:
+        """Make ``version_id`` the active version of each of its regions; the history entries
+        carry ``action`` (``failover`` when the leader's failover publishes).
 
         Idempotent for regions where it is already active. 404 for an unknown version, 409 for
         a deprecated one (or one deprecated while this call ran).
@@ -274,7 +275,7 @@ class ConfigService:
         now = self._clock()
         for change in changes:
             self._repos.config_history.record(
-                "publish",
+                action,
                 version.config_type,
                 version.node_type,
                 change.region,

@@ -80,6 +80,10 @@ RULES: tuple[_Rule, ...] = (
 )
 
 
+#: Alerts this module resolves on its own; others (``NodeFailover``) belong to their raisers.
+_RULE_NAMES = frozenset(rule.name for rule in RULES)
+
+
 @dataclass(frozen=True, slots=True)
 class MonitorReport:
     """What one pass changed."""
@@ -167,7 +171,7 @@ class Monitor:
             elif alert.name == "NodeOffline":
                 if node.status != "offline":
                     self._resolve(alert, now, resolved)
-            elif node.status not in ("online", "degraded"):
+            elif alert.name in _RULE_NAMES and node.status not in ("online", "degraded"):
                 self._resolve(alert, now, resolved)
 
     def _fire(

@@ -321,7 +321,7 @@ def _fleet_node(node: Node) -> FleetNode:
         region=node.region,
         addr=node.addr,
         port=node.port,
-        status=node.status,
+        status=node.render_status,
         tags=node.tags,
         metadata=node.metadata,
     )

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 from dataclasses import dataclass
 
 from relay.agent.config import AgentConfig
 from relay.config import Address, ConfigError, load_config_file
+from relay.config.model import TLSConfig
+from relay.transports.tls import client_context
 
 __all__ = ["HttpAnswer", "RelayApi", "RelayApiError", "RelayEndpoints", "relay_endpoints"]
 
@@ -44,6 +47,20 @@ class RelayEndpoints:
     api_token: str | None
     metrics: Address | None
     metrics_path: str = "/metrics"
+    api_tls: ssl.SSLContext | None = None
+    """Set when the admin API serves TLS: verifies it (its ``caFile``), and presents the node's
+    certificate in case the API asks for one."""
+    metrics_tls: ssl.SSLContext | None = None
+
+
+def _endpoint_client(tls: TLSConfig | None, base_dir: str) -> ssl.SSLContext | None:
+    """Client context for a relay endpoint served with ``tls`` (None: plain HTTP): verifies the
+    endpoint against its ``caFile`` (the fleet CA; the endpoint then also asks for a client
+    certificate, and the node's own is presented). The name checked is the dialled address:
+    node certificates carry 127.0.0.1."""
+    if tls is None:
+        return None
+    return client_context(tls, base_dir)
 
 
 def _dialable(addr: Address) -> Address:
@@ -77,11 +94,20 @@ def relay_endpoints(config: AgentConfig, fallback: RelayEndpoints | None = None)
         )
     token = config.relay_api_token or (relay.api.token if relay.api else None)
     metrics = relay.metrics
+    try:
+        api_tls = _endpoint_client(relay.api.tls if relay.api else None, relay.base_dir)
+        metrics_tls = _endpoint_client(metrics.tls if metrics else None, relay.base_dir)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        raise RelayApiError(f"cannot use the relay endpoints' TLS files: {exc}") from None
+    if metrics is not None and relay.api is not None and metrics.addr == relay.api.addr:
+        metrics_tls = api_tls
     return RelayEndpoints(
         api=_dialable(api),
         api_token=token,
         metrics=_dialable(metrics.addr) if metrics else None,
         metrics_path=metrics.path if metrics else "/metrics",
+        api_tls=api_tls,
+        metrics_tls=metrics_tls,
     )
 
 
@@ -91,21 +117,28 @@ async def http_request(
     path: str,
     token: str | None = None,
     timeout: float = 10.0,
+    tls: ssl.SSLContext | None = None,
 ) -> HttpAnswer:
-    """One HTTP/1.1 request; the whole exchange is bounded by ``timeout`` seconds.
+    """One HTTP/1.1 request (over TLS with ``tls``); the whole exchange is bounded by
+    ``timeout`` seconds.
 
-    Raises :class:`RelayApiError` on connection failure, timeout or a malformed answer.
+    Raises :class:`RelayApiError` on connection failure (a certificate that does not verify
+    included), timeout or a malformed answer.
     """
     try:
-        return await asyncio.wait_for(_exchange(addr, method, path, token), timeout)
+        return await asyncio.wait_for(_exchange(addr, method, path, token, tls), timeout)
     except TimeoutError:
         raise RelayApiError(f"{method} {path} on {addr}: no answer within {timeout:g}s") from None
     except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
         raise RelayApiError(f"{method} {path} on {addr}: {exc}") from None
 
 
-async def _exchange(addr: Address, method: str, path: str, token: str | None) -> HttpAnswer:
-    reader, writer = await asyncio.open_connection(addr.host, addr.port)
+async def _exchange(
+    addr: Address, method: str, path: str, token: str | None, tls: ssl.SSLContext | None
+) -> HttpAnswer:
+    reader, writer = await asyncio.open_connection(
+        addr.host, addr.port, ssl=tls, server_hostname=addr.host if tls is not None else None
+    )
     try:
         head = [f"{method} {path} HTTP/1.1", f"Host: {addr}", "Connection: close"]
         if token:
@@ -144,7 +177,9 @@ class RelayApi:
 
     async def health(self) -> dict[str, object]:
         """``GET /healthz`` as a mapping; raises :class:`RelayApiError` unless 200 + JSON."""
-        answer = await http_request(self.endpoints.api, "GET", "/healthz", timeout=self.timeout)
+        answer = await http_request(
+            self.endpoints.api, "GET", "/healthz", timeout=self.timeout, tls=self.endpoints.api_tls
+        )
         data = answer.json()
         if answer.status != 200 or not isinstance(data, dict):
             raise RelayApiError(f"/healthz answered {answer.status}: {answer.body[:200]!r}")
@@ -163,8 +198,9 @@ class RelayApi:
         """``POST /reload``; the answer whatever its status (400: config refused, 409: the relay
         was not started from a file). Raises :class:`RelayApiError` when unreachable."""
         return await http_request(
-            self.endpoints.api, "POST", "/reload", self.endpoints.api_token, self.timeout
-        )
+            self.endpoints.api, "POST", "/reload", self.endpoints.api_token, self.timeout,
+            self.endpoints.api_tls,
+        )  # fmt: skip
 
     async def metrics_text(self) -> str:
         """The Prometheus exposition; raises :class:`RelayApiError` (also when the relay has
@@ -172,8 +208,9 @@ class RelayApi:
         if self.endpoints.metrics is None:
             raise RelayApiError("the relay config has no metrics endpoint")
         answer = await http_request(
-            self.endpoints.metrics, "GET", self.endpoints.metrics_path, timeout=self.timeout
-        )
+            self.endpoints.metrics, "GET", self.endpoints.metrics_path, timeout=self.timeout,
+            tls=self.endpoints.metrics_tls,
+        )  # fmt: skip
         if answer.status != 200:
             raise RelayApiError(f"metrics answered {answer.status}")
         return answer.body.decode("utf-8", "replace")

@@ -14,12 +14,12 @@ the renderer consumes before the relay's own checker sees the result:
 
 ``@node`` (``NODE_PLACEHOLDER``)
     As the value of ``certFile``, ``keyFile`` or ``caFile`` in a ``tls`` block (the top-level
-    ``tls``, a service's ``listener.tls``, a chain node's ``dialer.tls`` or a ``peers`` dialer's
-    ``tls``), it means "this node's file". The renderer fills in ``node.metadata["cert_file"]``,
-    ``["key_file"]`` or ``["ca_file"]`` when the node has one (used verbatim), else
-    ``{base_dir}/tls/{node.name}.pem``, ``{base_dir}/tls/{node.name}.key`` or
-    ``{base_dir}/tls/ca.pem``. Concrete paths are kept as written. ``@node`` anywhere else is
-    an error.
+    ``tls``, ``api.tls``, ``metrics.tls``, a service's ``listener.tls``, a chain node's
+    ``dialer.tls`` or a ``peers`` dialer's ``tls``), it means "this node's file". The renderer
+    fills in ``node.metadata["cert_file"]``, ``["key_file"]`` or ``["ca_file"]`` when the node
+    has one (used verbatim), else ``{base_dir}/tls/{node.name}.pem``,
+    ``{base_dir}/tls/{node.name}.key`` or ``{base_dir}/tls/ca.pem``. Concrete paths are kept as
+    written. ``@node`` anywhere else is an error.
 
 ``peers`` in a chain hop
     Instead of (or besides) ``nodes``, a hop may say which fleet nodes to chain to::
@@ -116,6 +116,7 @@ __all__ = [
     "ParamSpec",
     "check_config_data",
     "expand_template",
+    "peer_types",
     "render_node_config",
     "render_node_mapping",
     "template_params",
@@ -658,6 +659,21 @@ def check_config_data(config_data: str, node_type: str, base_dir: str = DEFAULT_
     render_node_mapping(config_data, stand_in, stand_in_peers, 0, base_dir)
 
 
+def peer_types(config_data: str) -> frozenset[str]:
+    """Node types that ``config_data``'s ``peers`` hops chain to (``{"core"}`` for the edge
+    template): whose inventory changes alter what this version renders. Unparsable YAML or
+    malformed hops count as none (the checker reports them elsewhere)."""
+    try:
+        data = _parse(config_data)
+    except ConfigError:
+        return frozenset()
+    return frozenset(
+        spec["type"]
+        for _, hop in _hops(data)
+        if isinstance(spec := hop.get("peers"), dict) and spec.get("type") in NODE_TYPES
+    )
+
+
 _NODE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
@@ -887,7 +903,7 @@ def _tls_blocks(data: dict[str, Any]) -> Iterator[dict[str, Any]]:
         return value
 
     services = data.get("services")
-    blocks = [data.get("tls")]
+    blocks = [data.get("tls"), sub(data, "api", "tls"), sub(data, "metrics", "tls")]
     blocks += [sub(s, "listener", "tls") for s in _as_list(services)]
     for _, hop in _hops(data):
         blocks += [sub(n, "dialer", "tls") for n in _as_list(hop.get("nodes"))]

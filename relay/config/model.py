@@ -73,12 +73,18 @@ class APIConfig:
     addr: Address
     #: Bearer token required on every endpoint but ``/healthz`` when set.
     token: str | None = None
+    #: Serve the admin API over TLS 1.3 (certFile + keyFile; caFile: require client
+    #: certificates). The agent verifies it against ``caFile`` (or the system store).
+    tls: TLSConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class MetricsConfig:
     addr: Address
     path: str = "/metrics"
+    #: Serve the metrics over TLS 1.3 (certFile + keyFile; caFile: require client
+    #: certificates, e.g. Prometheus's). When metrics share the API's address, the API's wins.
+    tls: TLSConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,9 +46,17 @@ def config_to_mapping(config: RelayConfig, *, redact: bool = False) -> dict[str,
         api: dict[str, object] = {"addr": str(config.api.addr)}
         if config.api.token is not None:
             api["auth"] = {"token": r.secret(config.api.token)}
+        if config.api.tls is not None:
+            api["tls"] = r.tls(config.api.tls)
         out["api"] = api
     if config.metrics is not None:
-        out["metrics"] = {"addr": str(config.metrics.addr), "path": config.metrics.path}
+        metrics: dict[str, object] = {
+            "addr": str(config.metrics.addr),
+            "path": config.metrics.path,
+        }
+        if config.metrics.tls is not None:
+            metrics["tls"] = r.tls(config.metrics.tls)
+        out["metrics"] = metrics
     if config.tls is not None:
         out["tls"] = r.tls(config.tls)
     out["services"] = [r.service(service) for service in config.services]

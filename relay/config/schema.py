@@ -51,9 +51,9 @@ DIALER_KEYS = ("type", "tls", "metadata")
 # this relay always verifies unless ``insecureSkipVerify`` says otherwise.
 TLS_KEYS = ("certFile", "keyFile", "caFile", "serverName", "insecureSkipVerify", "secure")
 LOG_KEYS = ("level", "format")
-API_KEYS = ("addr", "auth")
+API_KEYS = ("addr", "auth", "tls")
 API_AUTH_KEYS = ("token",)
-METRICS_KEYS = ("addr", "path")
+METRICS_KEYS = ("addr", "path", "tls")
 ADMISSION_KEYS = ("name", "whitelist", "matchers")
 SHIELD_KEYS = (
     "name",

@@ -26,6 +26,7 @@ from relay.config.model import (
     LogConfig,
     MetricsConfig,
     RelayConfig,
+    TLSConfig,
 )
 from relay.config.policies import _admission, _cc, _limiter, _shield
 from relay.config.readers import (
@@ -82,8 +83,19 @@ def _api(ctx: _Ctx, value: object, path: str) -> APIConfig | None:
     if auth is not None:
         token = _opt_str(ctx, auth.get("token"), _key(auth_path, "token"))
     return APIConfig(
-        addr=_address(ctx, d.get("addr"), _key(path, "addr"), listen=True), token=token
+        addr=_address(ctx, d.get("addr"), _key(path, "addr"), listen=True),
+        token=token,
+        tls=_endpoint_tls(ctx, d.get("tls"), _key(path, "tls")),
     )
+
+
+def _endpoint_tls(ctx: _Ctx, value: object, path: str) -> TLSConfig | None:
+    """The ``tls`` of the admin API or metrics endpoint: a server side, so it needs both a
+    certificate and its key."""
+    tls = _tls(ctx, value, path)
+    if tls is not None and tls.cert_file is None and tls.key_file is None:
+        ctx.error(path, "an endpoint served over TLS needs certFile and keyFile")
+    return tls
 
 
 def _metrics(ctx: _Ctx, value: object, path: str) -> MetricsConfig | None:
@@ -93,6 +105,7 @@ def _metrics(ctx: _Ctx, value: object, path: str) -> MetricsConfig | None:
     return MetricsConfig(
         addr=_address(ctx, d.get("addr"), _key(path, "addr"), listen=True),
         path=_url_path(ctx, d.get("path"), _key(path, "path"), MetricsConfig(_NO_ADDRESS).path),
+        tls=_endpoint_tls(ctx, d.get("tls"), _key(path, "tls")),
     )
 
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aioquic.asyncio.server import QuicServer
+from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.tls import SessionTicket
 
@@ -59,6 +60,12 @@ class QuicListener:
         self.connections_total = 0
         self._streams_of_closed = 0
         self._closed = asyncio.get_running_loop().create_future()
+
+    @property
+    def configuration(self) -> QuicConfiguration | None:
+        """The configuration new connections are built from (None before listening)."""
+        # aioquic's QuicServer keeps it as ``_configuration`` and reads it per new connection.
+        return None if self._server is None else self._server._configuration
 
     @property
     def sockets(self) -> tuple[Any, ...]:
