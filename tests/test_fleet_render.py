@@ -100,7 +100,12 @@ def test_edge_template_defaults() -> None:
     assert "nodes" not in hop
     assert hop["peers"] == {
         "type": "core",
-        "connector": {"type": "relay", "auth": {"username": "edge", "password": PASSWORD}},
+        "connector": {
+            "type": "relay",
+            "auth": {"username": "edge", "password": PASSWORD},
+            # Streams survive a broken tunnel by default.
+            "metadata": {"resume": True, "resumeWindow": "30s"},
+        },
         "dialer": {"type": "tls", "tls": {"caFile": NODE_PLACEHOLDER}},
     }
 
@@ -225,7 +230,11 @@ def test_render_edge_chains_to_cores_own_region_first() -> None:
     assert first == {
         "name": "core-hk-1",
         "addr": "core-hk-1.example:8443",
-        "connector": {"type": "relay", "auth": {"username": "edge", "password": PASSWORD}},
+        "connector": {
+            "type": "relay",
+            "auth": {"username": "edge", "password": PASSWORD},
+            "metadata": {"resume": True, "resumeWindow": "30s"},
+        },
         "dialer": {
             "type": "tls",
             "tls": {"caFile": "/etc/aicdn/tls/ca.pem", "serverName": "core-hk-1.example"},
@@ -457,3 +466,15 @@ def test_check_config_data() -> None:
     with pytest.raises(ConfigError) as exc:
         check_config_data(CUSTOM_EDGE.replace('":8080"', '":99999"'), "edge")
     assert paths(exc) == ["services[0].addr"]
+
+
+def test_edge_template_resume_can_be_turned_off() -> None:
+    data = yaml.safe_load(
+        expand_template("edge", {"edge_password": PASSWORD, "resume_window": None})
+    )
+    assert "metadata" not in data["chains"][0]["hops"][0]["peers"]["connector"]
+    longer = yaml.safe_load(
+        expand_template("edge", {"edge_password": PASSWORD, "resume_window": "2m"})
+    )
+    connector = longer["chains"][0]["hops"][0]["peers"]["connector"]
+    assert connector["metadata"] == {"resume": True, "resumeWindow": "2m"}

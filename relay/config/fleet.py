@@ -78,7 +78,9 @@ parameters (``template_params``). Ports default to DESIGN §1:
   core dialled with ``transport`` (tls, tcp, wss or ws) and the shared credentials. tls/tcp
   dial each core's own port (``core_port`` overrides); ws/wss dial the core's
   ``metadata.ws_port``, else ``core_ws_port`` (8444). The edge's transport must match what the
-  cores serve (tls/tcp: the core's ``transport``; wss/ws: its ``ws_port`` service).
+  cores serve (tls/tcp: the core's ``transport``; wss/ws: its ``ws_port`` service). Streams
+  are resumable across a broken tunnel (connector ``metadata.resume``) within
+  ``resume_window`` (30s; null: off).
 * both: ``metrics_addr`` (``:9100``), ``api_addr`` (``127.0.0.1:18080``, the agent's
   ``relay_api``), ``api_token``, ``log_level``, ``log_format``; TLS listeners use the node's
   certificate (``@node``); tls/wss dialers verify cores against ``ca_file`` (``@node``: the
@@ -273,6 +275,11 @@ _EDGE_SPECS = (
     ),
     ParamSpec("max_fails", "int", 1, "failures after which a core is skipped"),
     ParamSpec("fail_timeout", "duration", "10s", "how long a failed core is skipped"),
+    ParamSpec(
+        "resume_window", "duration|null", "30s",
+        "streams survive a broken tunnel: the edge resumes them on a core within this window "
+        "(cores keep them for their own resumeWindow, 30s by default); null: off",
+    ),
     *_common_specs(),
 )  # fmt: skip
 
@@ -547,6 +554,8 @@ def _build_edge(p: Mapping[str, Any]) -> dict[str, Any]:
     elif p["core_port"] is not None:
         peers["port"] = p["core_port"]
     peers["connector"] = {"type": "relay", "auth": _edge_auth(p)}
+    if p["resume_window"] is not None:
+        peers["connector"]["metadata"] = {"resume": True, "resumeWindow": p["resume_window"]}
     peers["dialer"] = dialer
     selector = {
         "strategy": p["strategy"],
