@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from relay.access_log import AccessLog
 from relay.admin import AdminServer, NoReloadSource
 from relay.chain import Chain
 from relay.config import ConfigError
@@ -24,6 +25,7 @@ from relay.listeners import Listening, listen
 from relay.metrics import RelayMetrics
 from relay.policy import ServicePolicies
 from relay.service import ServiceRuntime
+from relay.usage import UsageMeter
 from relay.workers import serve_worker_control
 
 log = logging.getLogger(__name__)
@@ -106,6 +108,11 @@ class RelayNode:
         self._draining: list[ServiceRuntime] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._policies: dict[tuple[object, ...], ServicePolicies] = {}
+        #: Per-key usage of the http services; one per process, kept across reloads.
+        self.usage = UsageMeter()
+        self.metrics.usage_meter = self.usage
+        #: The access log (``accessLog``), opened at start and when a reload changes it.
+        self.access_log: AccessLog | None = None
 
     # --- introspection ----------------------------------------------------------------------
 
@@ -160,6 +167,7 @@ class RelayNode:
 
     async def start(self) -> None:
         self.metrics.config_version.set(self.config.version)
+        self._open_access_log(self.config)
         self._chains = self._build_chains(self.config)
         try:
             for service in self.config.services:
@@ -186,6 +194,8 @@ class RelayNode:
         address cannot be bound, and the node then keeps running what it had.
         """
         chains = self._build_chains(new)
+        previous_log = self.access_log
+        self._open_access_log(new)
         runtimes = {s.name: self._runtime(s, new, chains) for s in new.services}
         fresh: dict[str, _Slot] = {}
         try:
@@ -231,6 +241,8 @@ class RelayNode:
             slot.retired = [r for r in slot.retired if r.connections]
         self._slots = slots
         self._chains = chains
+        if previous_log is not None and previous_log is not self.access_log:
+            previous_log.close()
         self.config = new
         self.metrics.config_version.set(new.version)
         if self._admin is not None:
@@ -256,6 +268,8 @@ class RelayNode:
         for task in list(self._tasks):
             task.cancel()
         await self._drain(runtimes, timeout)
+        if self.access_log is not None:
+            self.access_log.close()
 
     def abort_all(self) -> None:
         """Close every connection at once (a second SIGTERM during a drain)."""
@@ -303,7 +317,20 @@ class RelayNode:
         policies = self._service_policies(service, config)
         runtime = ServiceRuntime(service, chain, self.metrics, config.base_dir, policies)
         runtime.alt_svc = _alt_svc(service, config)
+        if service.handler.type == "http":
+            runtime.usage = self.usage
+            runtime.access_log = self.access_log
         return runtime
+
+    def _open_access_log(self, config: RelayConfig) -> None:
+        """Open ``config``'s access log unless the one open already is the same (a reload that
+        does not touch ``accessLog`` keeps the file and its counters)."""
+        wanted = config.access_log
+        current = self.access_log
+        if current is not None and current.config == wanted and current.base_dir == config.base_dir:
+            return
+        self.access_log = AccessLog(wanted, config.base_dir) if wanted is not None else None
+        self.metrics.access_log = self.access_log
 
     def _service_policies(
         self, service: ServiceConfig, config: RelayConfig

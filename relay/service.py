@@ -12,14 +12,20 @@ import ssl
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from relay.access_log import AccessLog
 from relay.chain import Chain, Dialed, DialError, NodeGroup, NodeState, dial_direct
 from relay.config.model import Address, ServiceConfig
 from relay.metrics import RelayMetrics, ServiceStats
 from relay.policy import ALLOW, IPMatcher, ServicePolicies, Verdict, normalize_ip
 from relay.pool import UpstreamPool
 from relay.transports.base import TransportError
+from relay.usage import UsageMeter
 
 log = logging.getLogger(__name__)
+
+#: A key over its quota: retrying soon will not help (the master lifts it when the period ends).
+#: "quota" joins the policies' ``REASONS`` in the label set of ``aicdn_blocked_total{reason}``.
+_DENY_QUOTA = Verdict(False, "quota", 0.0)
 
 
 class Connection(Protocol):
@@ -81,6 +87,10 @@ class ServiceRuntime:
         #: ``Alt-Svc`` value the http handler adds to responses (a tls service whose port
         #: also serves HTTP/3; set by the node, which sees the whole config).
         self.alt_svc: bytes | None = None
+        #: Per-key usage of the node (http handler), set by the node; None: not counted.
+        self.usage: UsageMeter | None = None
+        #: The node's access log, set by the node; None: no access log.
+        self.access_log: AccessLog | None = None
 
     # --- connection bookkeeping -------------------------------------------------------------
 
@@ -131,6 +141,14 @@ class ServiceRuntime:
         if not verdict.allowed:
             self.block(verdict.reason)
         return verdict
+
+    def usage_verdict(self, key: str) -> Verdict:
+        """Refuse a key the master found over its quota (``UsageMeter.blocked``); counts it."""
+        usage = self.usage
+        if usage is None or key not in usage.blocked:
+            return ALLOW
+        self.block("quota")
+        return _DENY_QUOTA
 
     def client_ip(self, peer_ip: str, forwarded_for: bytes) -> str:
         """The client's IP: the peer, or, when the peer is a trusted proxy, the rightmost

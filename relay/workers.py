@@ -63,6 +63,11 @@ class Supervisor:
     def config(self) -> RelayConfig:
         return self._config
 
+    @property
+    def usage(self) -> None:
+        """Usage is counted in each worker; the admin API's ``/usage`` is not served here."""
+        return None
+
     async def start(self) -> None:
         for worker in self._workers:
             await self._spawn(worker)
@@ -185,7 +190,7 @@ class Supervisor:
 async def serve_worker_control(node: AdminTarget, path: str) -> asyncio.AbstractServer:
     """A worker's control socket: ``GET /metrics``, ``GET /healthz``, ``POST /reload``."""
 
-    async def route(method: str, target: str, headers: dict[str, str]) -> Response:
+    async def route(method: str, target: str, headers: dict[str, str], body: bytes) -> Response:
         if target == "/metrics":
             return Response(200, await node.metrics_text(), "text/plain; version=0.0.4")
         if target == "/healthz":

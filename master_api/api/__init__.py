@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from flask import Flask
 
-from master_api.api import alerts, auth, configs, deployments, nodes, system, users
+from master_api.api import alerts, auth, configs, deployments, nodes, system, usage, users
 from master_api.api.audit import record_audit
 from master_api.api.routing import API_PREFIX, ROUTES, check_admin_allow
 
 __all__ = ["API_PREFIX", "ROUTES", "init_app"]
 
-BLUEPRINTS = (system.bp, auth.bp, users.bp, nodes.bp, configs.bp, alerts.bp, deployments.bp)
+BLUEPRINTS = (
+    system.bp, auth.bp, users.bp, nodes.bp, configs.bp, alerts.bp, deployments.bp, usage.bp
+)
 
 
 def init_app(app: Flask) -> None:

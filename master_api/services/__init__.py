@@ -10,6 +10,7 @@ from master_api.services.configs import ConfigService
 from master_api.services.deployments import DeploymentService
 from master_api.services.nodes import NodeService
 from master_api.services.passwords import Passwords
+from master_api.services.usage import UsageService
 from master_api.settings import Settings
 
 __all__ = ["Services"]
@@ -23,3 +24,4 @@ class Services:
         self.configs = ConfigService(repos, settings)
         self.nodes = NodeService(repos, settings, self.configs)
         self.deployments = DeploymentService(repos, settings)
+        self.usage = UsageService(repos, settings)
