@@ -1,4 +1,5 @@
-"""Admin API (``GET /healthz``, ``GET /config``, ``POST /reload``) and the metrics endpoint.
+"""Admin API (``GET /healthz``, ``GET /config``, ``POST /reload``, and the usage endpoints of
+``relay.usage_api``) and the metrics endpoint.
 
 Low-traffic HTTP/1.1 on asyncio streams; one request per connection. When ``api.addr`` and
 ``metrics.addr`` are the same address one listener serves both.

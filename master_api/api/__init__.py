@@ -11,7 +11,14 @@ from master_api.api.routing import API_PREFIX, ROUTES, check_admin_allow
 __all__ = ["API_PREFIX", "ROUTES", "init_app"]
 
 BLUEPRINTS = (
-    system.bp, auth.bp, users.bp, nodes.bp, configs.bp, alerts.bp, deployments.bp, usage.bp
+    system.bp,
+    auth.bp,
+    users.bp,
+    nodes.bp,
+    configs.bp,
+    alerts.bp,
+    deployments.bp,
+    usage.bp,
 )
 
 

@@ -12,7 +12,7 @@ import csv
 import io
 import math
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from flask import Blueprint, Response, request
@@ -81,7 +81,7 @@ def _epoch(text: str, name: str) -> int:
                 f"query.{name}: expected ISO 8601 or epoch seconds, got {text[:40]!r}"
             ) from None
         if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=timezone.utc)
+            parsed = parsed.replace(tzinfo=UTC)
         return int(parsed.timestamp())
     if not math.isfinite(value) or not 0 <= value < 2**40:
         raise BadRequest(f"query.{name}: out of range")
@@ -152,7 +152,6 @@ def list_usage(query: UsageQuery) -> Any:
         "ttfb_ms_avg": None, "duration_seconds_sum": 0.0, "duration_ms_avg": None,
     }  # fmt: skip
     return {"items": rows, "count": len(rows), "totals": totals[0] if totals else empty}
-
 
 
 @dataclass(frozen=True, slots=True)

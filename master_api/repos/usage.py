@@ -76,7 +76,9 @@ class UsageRecordsRepo(BaseRepo):
                 **{name: record[name] for name in COUNTER_FIELDS},
             }
             _id = f"{node_id}|{batch_id}|{doc['hour']}|{doc['key']}"
-            ops.append(ReplaceOne({"_id": _id}, doc, upsert=True))
+            # _id in the document too: the embedded store does not take it from the filter
+            # on an upsert, and would insert a copy each time (measured here).
+            ops.append(ReplaceOne({"_id": _id}, {"_id": _id, **doc}, upsert=True))
         self.collection.bulk_write(ops, ordered=False)
 
     @db_call()

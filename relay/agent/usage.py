@@ -89,9 +89,9 @@ class UsageCarrier:
         """After the master answered: acknowledge ``sent`` on the relay when the master stored
         it, and hand the relay the master's over-quota keys when they changed."""
         try:
-            if sent is not None and reply.usage_acked == sent.batch_id:
-                if await api.ack_usage(sent.batch_id):
-                    self.acked += 1
+            acked = sent is not None and reply.usage_acked == sent.batch_id
+            if acked and sent is not None and await api.ack_usage(sent.batch_id):
+                self.acked += 1
             if reply.quotas_known:
                 keys = frozenset(reply.over_quota_keys)
                 # Pushed again when non-empty: a restarted relay starts with none.

@@ -118,7 +118,9 @@ def _size(ctx: _Ctx, value: object, path: str, default: int, minimum: int) -> in
         digits = text.rstrip("abcdefghijklmnopqrstuvwxyz")
         unit = text[len(digits) :]
         if not digits.isdigit() or unit not in _SIZE_UNITS:
-            ctx.error(path, f"expected a size like 100MB, 64MiB or a byte count, got {_show(value)}")
+            ctx.error(
+                path, f"expected a size like 100MB, 64MiB or a byte count, got {_show(value)}"
+            )
             return default
         value = int(digits) * _SIZE_UNITS[unit]
     return _int(ctx, value, path, default, minimum)
@@ -135,7 +137,9 @@ def _access_log(ctx: _Ctx, value: object, path: str) -> AccessLogConfig | None:
         max_size=_size(
             ctx, d.get("maxSize"), _key(path, "maxSize"), default.max_size, _MIN_LOG_SIZE
         ),
-        max_backups=_int(ctx, d.get("maxBackups"), _key(path, "maxBackups"), default.max_backups, 0),
+        max_backups=_int(
+            ctx, d.get("maxBackups"), _key(path, "maxBackups"), default.max_backups, 0
+        ),
         rate_per_second=_int(
             ctx, d.get("ratePerSecond"), _key(path, "ratePerSecond"), default.rate_per_second, 1
         ),

@@ -64,7 +64,8 @@ class _SseStream:
                 "total_tokens": params.prompt_tokens + params.max_tokens,
             }
             self._usage = b'data: %s[],"usage":%s}\n\n' % (
-                self._prefix, json.dumps(usage, separators=(",", ":")).encode()
+                self._prefix,
+                json.dumps(usage, separators=(",", ":")).encode(),
             )
         self._first = proto.ticker.time() + params.ttfb
         proto.start_job(self)
