@@ -41,10 +41,17 @@ MAX_PENDING = 50_000
 class AccessLog:
     """An open access log; :meth:`write` from the event loop, :meth:`close` at the end."""
 
-    def __init__(self, config: AccessLogConfig, base_dir: str = ".") -> None:
+    def __init__(self, config: AccessLogConfig, base_dir: str = ".", worker: str = "") -> None:
+        """``worker`` (``workers: N``): each worker writes and rotates a file of its own,
+        ``access-worker-0.log`` for ``access.log``, as several processes cannot share one
+        file's rotation."""
         self.config = config
         self.base_dir = base_dir
+        self.worker = worker
         self.path = os.path.join(base_dir, config.file)
+        if worker:
+            stem, ext = os.path.splitext(self.path)
+            self.path = f"{stem}-{worker}{ext}"
         self.dropped = 0
         """Lines dropped by the rate bound or a full queue (read by the metrics collector)."""
         self.written = 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -329,7 +330,11 @@ class RelayNode:
         current = self.access_log
         if current is not None and current.config == wanted and current.base_dir == config.base_dir:
             return
-        self.access_log = AccessLog(wanted, config.base_dir) if wanted is not None else None
+        # A worker's control socket is ``worker-<i>.sock``: its log is ``<file>-worker-<i>``.
+        worker = os.path.splitext(os.path.basename(self.worker_socket or ""))[0]
+        self.access_log = (
+            AccessLog(wanted, config.base_dir, worker) if wanted is not None else None
+        )
         self.metrics.access_log = self.access_log
 
     def _service_policies(

@@ -222,8 +222,8 @@ class AgentServicer:
         context: Context,
     ) -> None:
         """Store the heartbeat's usage batch (acknowledged in ``reply`` once stored) and put
-        the over-quota keys in ``reply``. A malformed batch is refused without failing the
-        heartbeat: it is logged and not acknowledged."""
+        the over-quota keys in ``reply``. A malformed batch is dropped without failing the
+        heartbeat: logged as an error, and acknowledged so that later batches flow."""
         usage = self._usage
         assert usage is not None
         if request.HasField("usage") and request.usage.batch_id:
@@ -236,8 +236,13 @@ class AgentServicer:
                 )
                 reply.usage_acked = batch.batch_id
             except BadRequest as exc:
-                log.warning("node %s: usage batch %s refused: %s",
-                            node.name, batch.batch_id[:128], exc.message)  # fmt: skip
+                # Acknowledged all the same: a batch the master can never take would otherwise
+                # be sent forever and hold up every later one on the relay.
+                log.error(
+                    "node %s: usage batch %s dropped, malformed: %s",
+                    node.name, batch.batch_id[:128], exc.message,
+                )  # fmt: skip
+                reply.usage_acked = batch.batch_id
             except ApiError as exc:
                 await self._abort(context, exc)
         over = await self._call(context, usage.over_quota)

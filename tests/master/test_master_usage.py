@@ -3,8 +3,10 @@ are sent, sums per key/node/hour with filters, CSV export, quotas and who may se
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -158,3 +160,55 @@ def test_malformed_batches_store_nothing(app: Flask, viewer: Caller) -> None:
         with pytest.raises(BadRequest):
             _record(app, "node-1", "bad-1", entries)
     assert viewer.get("/api/v1/usage").json["count"] == 0
+
+
+# --- through the AgentService -----------------------------------------------------------------
+
+
+@pytest.fixture
+def agents(app: Flask, settings: Any) -> Iterator[Any]:
+    from tests.master.test_agent_service import serve_agents
+
+    server = serve_agents(app, settings)
+    yield server
+    server.stop(grace=0.5)
+
+
+async def test_heartbeats_store_a_batch_once_and_carry_the_over_quota_keys(
+    app: Flask, agents: Any, operator: Caller, viewer: Caller
+) -> None:
+    import time
+
+    import grpc.aio
+
+    from relay.agent.rpc import auth_metadata, channel_options, make_stub, pb
+    from tests.master.conftest import register
+
+    node = register(operator, "edge-usage", "edge", "hk")
+    metadata = auth_metadata(node["id"], node["token"])
+    hour = period_start("hour", time.time())
+    batch = pb.UsageBatch(
+        batch_id="boot-1",
+        entries=[pb.KeyUsage(key=KEY_A, hour=hour, requests=3, bytes_in=30, total_tokens=9)],
+    )
+    quota = {"period": "hour", "requests": 3}
+    assert operator.call("PUT", f"/api/v1/usage/quotas/{KEY_A}", json=quota).status_code == 200
+    async with grpc.aio.insecure_channel(
+        f"127.0.0.1:{agents.port}", options=channel_options()
+    ) as channel:
+        stub = make_stub(channel)
+        for _ in range(2):  # the second is the agent's retry: it never heard the first answer
+            beat = await stub.Heartbeat(
+                pb.HeartbeatRequest(usage=batch), metadata=metadata, timeout=5
+            )
+            assert beat.usage_acked == "boot-1" and beat.quotas_known
+        bad = pb.UsageBatch(batch_id="boot-2", entries=[pb.KeyUsage(key=KEY_B, hour=hour + 7)])
+        beat = await stub.Heartbeat(pb.HeartbeatRequest(usage=bad), metadata=metadata, timeout=5)
+        assert beat.usage_acked == "boot-2"  # dropped, so that later batches still flow
+        await asyncio.sleep(1.1)  # the over-quota list is reused for a heartbeat interval
+        beat = await stub.Heartbeat(pb.HeartbeatRequest(), metadata=metadata, timeout=5)
+        assert list(beat.over_quota_keys) == [KEY_A] and beat.usage_acked == ""
+    rows = viewer.get("/api/v1/usage", query_string={"group": "key,node"}).json["items"]
+    assert [(r["key"], r["node_id"], r["requests"], r["total_tokens"]) for r in rows] == [
+        (KEY_A, node["id"], 3, 9)
+    ]
