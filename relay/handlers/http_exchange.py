@@ -38,6 +38,16 @@ class Outcome(Enum):
 class Exchange:
     """One request/response pair, from the client's request head to the response's end."""
 
+    # Slots: one object per request whose attributes the per-chunk path reads; past 30
+    # attributes an instance dict loses CPython's shared-key layout and every lookup slows.
+    __slots__ = (
+        "_pending_body", "_pending_size", "_retained_size", "_timer", "body_bytes",
+        "body_chunked", "body_done", "client", "client_keep_alive", "client_left", "conn",
+        "done", "first_byte_at", "head", "is_head", "json_body", "key", "last_activity",
+        "method", "options", "refusal", "request_id", "response_begun", "response_bytes",
+        "retained", "sent_at", "sse", "started_at", "status", "tail", "upstream",
+    )  # fmt: skip
+
     def __init__(
         self,
         conn: HttpConnection,
