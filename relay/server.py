@@ -332,9 +332,7 @@ class RelayNode:
             return
         # A worker's control socket is ``worker-<i>.sock``: its log is ``<file>-worker-<i>``.
         worker = os.path.splitext(os.path.basename(self.worker_socket or ""))[0]
-        self.access_log = (
-            AccessLog(wanted, config.base_dir, worker) if wanted is not None else None
-        )
+        self.access_log = AccessLog(wanted, config.base_dir, worker) if wanted is not None else None
         self.metrics.access_log = self.access_log
 
     def _service_policies(
