@@ -11,6 +11,7 @@ Modes (interleaved, each repeated; the figure is the minimum of the repeats, the
 disturbed by other work on the machine):
 
 * ``off``: the handler with usage and the access log not attached;
+* ``usage``: usage counted, no access log;
 * ``on``: usage counted and an access log written (its writer thread included in CPU).
 
 ``--relay-path DIR`` imports ``relay`` from DIR instead (e.g. an unpacked older commit:
@@ -119,11 +120,13 @@ async def _run(mode: str, requests: int, reads: list[bytes], workdir: str) -> fl
     config = config_from_mapping(mapping)
     runtime = ServiceRuntime(config.services[0], None, RelayMetrics(), ".")
     access_log = None
-    if mode == "on":
-        from relay.access_log import AccessLog
+    if mode in ("usage", "on"):
         from relay.usage import UsageMeter
 
         runtime.usage = UsageMeter()
+    if mode == "on":
+        from relay.access_log import AccessLog
+
         assert config.access_log is not None
         access_log = runtime.access_log = AccessLog(config.access_log, ".")
     conn = HttpConnection(runtime)
@@ -158,14 +161,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=200, help="token events per stream")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--relay-path", help="import relay from this directory")
-    parser.add_argument("--modes", nargs="+", choices=("off", "on"), help="default: both")
+    parser.add_argument("--modes", nargs="+", choices=("off", "usage", "on"), help="default: all")
     args = parser.parse_args(argv)
     if args.relay_path:
         sys.path.insert(0, os.path.abspath(args.relay_path))
     import relay
 
     has_usage = os.path.exists(os.path.join(os.path.dirname(relay.__file__), "usage.py"))
-    modes = [m for m in (args.modes or ["off", "on"]) if has_usage or m == "off"]
+    modes = [m for m in (args.modes or ["off", "usage", "on"]) if has_usage or m == "off"]
     reads = _response(args.events)
     best: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as workdir:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import secrets
 import time
 from collections.abc import Iterable
@@ -101,6 +102,31 @@ def _token_usage(obj: object) -> TokenUsage | None:
     return TokenUsage(prompt, completion, total)
 
 
+#: ``"usage": {`` or ``"usage": null`` in an SSE ``data:`` line.
+_USAGE_START = re.compile(rb'"usage"\s*:\s*(\{|null)')
+#: A token count inside the usage object. JSON escapes quotes inside strings, so a quoted key
+#: can only be a key; nested objects (``completion_tokens_details``) use other names.
+_TOKEN_FIELD = re.compile(
+    rb'"(prompt_tokens|completion_tokens|total_tokens|input_tokens|output_tokens)"\s*:\s*(\d{1,18})'
+)
+
+
+def _sse_usage(line: bytes) -> TokenUsage | None:
+    """The usage of one ``data:`` line, read with two regular expressions instead of a JSON
+    parse of the whole event (a third of the cost, measured with ``bench.token_path``)."""
+    start = _USAGE_START.search(line)
+    if start is None or start.group(1) == b"null":
+        return None
+    counts: dict[bytes, int] = {}
+    for name, digits in _TOKEN_FIELD.findall(line, start.end()):
+        counts.setdefault(name, int(digits))
+    if not counts:
+        return None
+    prompt = counts.get(b"prompt_tokens", counts.get(b"input_tokens", 0))
+    completion = counts.get(b"completion_tokens", counts.get(b"output_tokens", 0))
+    return TokenUsage(prompt, completion, counts.get(b"total_tokens") or prompt + completion)
+
+
 def find_usage(tail: bytes, sse: bool, whole: bool) -> TokenUsage | None:
     """The last ``usage`` object in the end of a response body, or None.
 
@@ -126,7 +152,7 @@ def find_usage(tail: bytes, sse: bool, whole: bool) -> TokenUsage | None:
         line = line.strip()
         if not line.startswith(b"data:"):
             return None
-        return _token_usage(json.loads(line[5:]))
+        return _sse_usage(line)
     except (ValueError, RecursionError):
         return None
 

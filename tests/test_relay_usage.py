@@ -48,6 +48,14 @@ def test_usage_is_found_in_the_final_sse_event_only() -> None:
     assert find_usage(events, sse=True, whole=False) == TokenUsage(3, 5, 8)
     # only null usage objects: none
     assert find_usage(events.split(b"\n\n")[0] + b"\n\n", sse=True, whole=False) is None
+    # nested details do not count twice; Anthropic-style names are read too
+    nested = (
+        b'data: {"choices":[],"usage":{"prompt_tokens":4,"completion_tokens":6,"total_tokens":10,'
+        b'"completion_tokens_details":{"reasoning_tokens":2}}}\n\n'
+    )
+    assert find_usage(nested, sse=True, whole=False) == TokenUsage(4, 6, 10)
+    anthropic = b'data: {"type":"message_delta","usage":{"input_tokens":5,"output_tokens":9}}\n'
+    assert find_usage(anthropic, sse=True, whole=False) == TokenUsage(5, 9, 14)
     # a JSON body is parsed only when the tail is all of it
     body = b'{"id":"x","usage":{"input_tokens":2,"output_tokens":7}}'
     assert find_usage(body, sse=False, whole=True) == TokenUsage(2, 7, 9)
