@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from relay.agent.relay_api import RelayApi, RelayEndpoints
 from relay.config import Address
@@ -20,6 +20,7 @@ from relay.usage import (
     find_usage,
     key_of,
 )
+from tests.certs import CA, CertPair
 from tests.conftest import StartNode
 from tests.helpers import chat, request
 
@@ -195,3 +196,28 @@ async def test_over_quota_keys_get_429_json_and_others_pass(
     assert ours["requests"] == 2 and ours["blocked"] == 1
     metrics = node.metrics.exposition().decode()
     assert 'aicdn_blocked_total{reason="quota",service="edge"} 1.0' in metrics
+
+
+async def test_http3_requests_are_counted_like_http1(
+    start_node: StartNode, origin: int, ca: CA, server_cert: CertPair
+) -> None:
+    """HTTP/3 requests take the HTTP/1.1 handler's path, accounting included."""
+    from tests.test_relay_http3 import H3Client, h3_connect, h3_edge
+
+    _, edge = await h3_edge(start_node, origin, server_cert)
+    body = json.dumps(chat(9, 1, stream_options={"include_usage": True})).encode()
+    async with await h3_connect(edge.bound_port("edge"), ca) as client:
+        client = cast(H3Client, client)
+        answers = [
+            await client.request(
+                "POST", "/v1/chat/completions", body, {"authorization": f"Bearer {TOKEN}"}
+            )
+            for _ in range(2)
+        ]
+    assert all(a.status == 200 and a.complete for a in answers)
+    batch = edge.usage.take_batch()
+    assert batch is not None
+    (ours,) = [e for e in batch.entries if e.key == KEY]
+    assert (ours.requests, ours.streams, ours.bytes_in) == (2, 2, 2 * len(body))
+    assert ours.bytes_out == sum(len(a.body) for a in answers)
+    assert ours.completion_tokens == 18 and ours.total_tokens == 20
