@@ -17,8 +17,6 @@ from typing import Protocol
 
 from relay.config import ConfigError, redacted_mapping
 from relay.config.model import Address, RelayConfig
-from relay.usage import UsageMeter
-from relay.usage_api import usage_route
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +31,10 @@ class AdminTarget(Protocol):
     @property
     def config(self) -> RelayConfig: ...
 
-    @property
-    def usage(self) -> UsageMeter | None:
-        """Per-key usage for ``/usage`` (None: not served by this target)."""
+    async def usage_request(
+        self, method: str, path: str, query: str, body: bytes
+    ) -> tuple[int, dict[str, object]]:
+        """Answer a ``/usage`` request (``relay.usage_api``): (status, JSON payload)."""
         ...
 
     async def metrics_text(self) -> bytes:
@@ -163,7 +162,7 @@ class AdminServer:
         if path == "/reload" and method == "POST":
             return await self._reload()
         if path.startswith("/usage"):
-            return json_response(*usage_route(self._node.usage, method, path, query, body))
+            return json_response(*await self._node.usage_request(method, path, query, body))
         if path in ("/config", "/reload"):
             return json_response(405, {"error": "method_not_allowed", "message": method})
         return json_response(404, {"error": "not_found", "message": path})

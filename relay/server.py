@@ -27,6 +27,7 @@ from relay.metrics import RelayMetrics
 from relay.policy import ServicePolicies
 from relay.service import ServiceRuntime
 from relay.usage import UsageMeter
+from relay.usage_api import usage_route
 from relay.workers import serve_worker_control
 
 log = logging.getLogger(__name__)
@@ -142,6 +143,11 @@ class RelayNode:
 
     async def metrics_text(self) -> bytes:
         return self.metrics.exposition()
+
+    async def usage_request(
+        self, method: str, path: str, query: str, body: bytes
+    ) -> tuple[int, dict[str, object]]:
+        return usage_route(self.usage, method, path, query, body)
 
     def health(self) -> dict[str, object]:
         services = [

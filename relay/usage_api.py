@@ -12,7 +12,8 @@
 ``GET /usage/blocked``         the current set
 =============================  ===============================================================
 
-They sit behind the admin API's bearer token like ``/config`` and ``/reload``.
+They sit behind the admin API's bearer token like ``/config`` and ``/reload``. Under
+``workers: N`` the supervisor serves them from its workers (``Supervisor.usage_request``).
 """
 
 from __future__ import annotations
@@ -30,10 +31,7 @@ def usage_route(
 ) -> tuple[int, dict[str, object]]:
     """Answer one ``/usage`` request: (status, JSON payload)."""
     if meter is None:
-        return 501, {
-            "error": "not_implemented",
-            "message": "usage is not served by this process (workers: read each worker)",
-        }
+        return 501, {"error": "not_implemented", "message": "this process counts no usage"}
     if path == "/usage" and method == "GET":
         batch = meter.take_batch()
         return 200, {"batch": batch.to_json() if batch is not None else None}

@@ -4,10 +4,13 @@ through the admin API, with over-quota keys refused."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from pathlib import Path
 from typing import Any, cast
+
+import pytest
 
 from relay.agent.relay_api import RelayApi, RelayEndpoints
 from relay.config import Address
@@ -21,7 +24,7 @@ from relay.usage import (
     key_of,
 )
 from tests.certs import CA, CertPair
-from tests.conftest import StartNode
+from tests.conftest import StartNode, wait_for
 from tests.helpers import chat, request
 
 TOKEN = "sk-test-0123456789"
@@ -221,3 +224,53 @@ async def test_http3_requests_are_counted_like_http1(
     assert (ours.requests, ours.streams, ours.bytes_in) == (2, 2, 2 * len(body))
     assert ours.bytes_out == sum(len(a.body) for a in answers)
     assert ours.completion_tokens == 18 and ours.total_tokens == 20
+
+
+@pytest.mark.slow
+async def test_workers_are_drained_in_turn_and_all_refuse_over_quota_keys(
+    origin_process: int, tmp_path: Path
+) -> None:
+    from tests.processes import RelayProcess, edge_and_core_config, port, wait_http
+
+    config = edge_and_core_config(origin_process)
+    config["workers"] = 2
+    relay = RelayProcess(config, tmp_path)
+    api = RelayApi(RelayEndpoints(Address("127.0.0.1", relay.api), None, None))
+    try:
+        edge = port(config, "edge")
+
+        def ready() -> bool:
+            health = json.loads(wait_http(f"http://127.0.0.1:{relay.api}/healthz"))
+            return all(w["ready"] for w in health["workers"])
+
+        await wait_for(ready, 15)
+        auth = {"authorization": f"Bearer {TOKEN}"}
+        body = chat(3, 1, stream_options={"include_usage": True})
+        answers = await asyncio.gather(
+            *(request(edge, "POST", "/v1/chat/completions", body, auth) for _ in range(40))
+        )
+        assert all(a.status == 200 for a in answers)
+        counted: dict[str, int] = {"requests": 0, "bytes_out": 0, "total_tokens": 0}
+        batches = set()
+        for _ in range(10):  # one worker's batch per call, until none is left
+            batch = await api.usage_batch()
+            if batch is None:
+                break
+            batches.add(batch["batch_id"])
+            for entry in batch["entries"]:  # type: ignore[union-attr]
+                for name in counted:
+                    counted[name] += entry[name] if entry["key"] == KEY else 0
+            assert await api.ack_usage(str(batch["batch_id"]))
+        assert counted == {
+            "requests": 40,
+            "bytes_out": sum(len(a.body) for a in answers),
+            "total_tokens": 40 * 4,
+        }
+        assert len(batches) == 2  # both workers served some
+        await api.set_blocked([KEY])
+        refused = await asyncio.gather(
+            *(request(edge, "POST", "/v1/chat/completions", body, auth) for _ in range(20))
+        )
+        assert {a.status for a in refused} == {429}
+    finally:
+        relay.stop()
