@@ -171,3 +171,43 @@ def test_logs_stats_summarises_keys_errors_and_ttfb(tmp_path: Path) -> None:
         [*RELAY, "logs", "stats", str(tmp_path / "nope.log")], capture_output=True, text=True
     )
     assert missing.returncode == 1 and "cannot read" in missing.stderr
+
+
+async def test_the_agent_logs_command_tails_the_access_log_of_every_worker(
+    tmp_path: Path,
+) -> None:
+    import asyncio
+
+    import yaml
+
+    from relay.agent.commands import CommandRunner
+    from relay.agent.config import AgentConfig
+    from relay.config import Address
+
+    relay_yaml = tmp_path / "relay.yaml"
+    mapping = _edge(9, {"file": "access.log"})
+    relay_yaml.write_text(yaml.safe_dump(mapping))
+    config = AgentConfig(
+        masters=(Address("127.0.0.1", 1),), node_id="n", token="t",
+        relay_config=str(relay_yaml), service_manager="none",
+    )  # fmt: skip
+
+    def runner() -> CommandRunner:
+        return CommandRunner(config, lambda: None, lambda: {}, asyncio.Lock())  # type: ignore[arg-type,return-value]
+
+    (tmp_path / "access.log").write_text(
+        "".join(json.dumps({"ts": t, "status": 200}) + "\n" for t in range(10))
+    )
+    one = await runner().run("logs", {"source": "access", "lines": "3"})
+    assert one.ok and [json.loads(x)["ts"] for x in one.output.splitlines()] == [7, 8, 9]
+
+    mapping["workers"] = 2
+    relay_yaml.write_text(yaml.safe_dump(mapping))
+    for worker, stamps in ((0, (1, 4, 5)), (1, (2, 3, 6))):
+        (tmp_path / f"access-worker-{worker}.log").write_text(
+            "".join(json.dumps({"ts": t}) + "\n" for t in stamps)
+        )
+    merged = await runner().run("logs", {"source": "access", "lines": "4"})
+    assert merged.ok and [json.loads(x)["ts"] for x in merged.output.splitlines()] == [3, 4, 5, 6]
+    wrong = await runner().run("logs", {"source": "nginx"})
+    assert not wrong.ok and "source" in wrong.error

@@ -91,6 +91,26 @@ def tail_lines(path: str, lines: int, max_bytes: int = MAX_OUTPUT) -> str:
     return "\n".join(text[-lines:]) + ("\n" if text else "")
 
 
+def _merged_tails(paths: list[str], lines: int) -> str:
+    """The last ``lines`` JSON lines of the files at ``paths`` (missing ones skipped), in the
+    order of their ``ts``."""
+    entries: list[tuple[float, str]] = []
+    for path in paths:
+        try:
+            text = tail_lines(path, lines, MAX_OUTPUT // max(1, len(paths)))
+        except OSError:
+            continue
+        for line in text.splitlines():
+            try:
+                ts = json.loads(line).get("ts", 0.0)
+            except (ValueError, AttributeError):
+                ts = 0.0
+            entries.append((ts if isinstance(ts, int | float) else 0.0, line))
+    entries.sort(key=lambda entry: entry[0])
+    kept = [line for _, line in entries[-lines:]]
+    return "\n".join(kept) + ("\n" if kept else "")
+
+
 class CommandRunner:
     """Runs commands; ``agent_status`` supplies the agent's own part of ``status``."""
 
@@ -193,7 +213,13 @@ class CommandRunner:
         if relay.access_log is None:
             return CommandOutcome(False, error="the relay config sets no accessLog")
         path = os.path.join(relay.base_dir, relay.access_log.file)
-        try:
-            return CommandOutcome(True, await asyncio.to_thread(tail_lines, path, lines))
-        except OSError as exc:
-            return CommandOutcome(False, error=f"cannot read {path}: {exc}")
+        if relay.workers <= 1:
+            try:
+                return CommandOutcome(True, await asyncio.to_thread(tail_lines, path, lines))
+            except OSError as exc:
+                return CommandOutcome(False, error=f"cannot read {path}: {exc}")
+        # workers: N write access-worker-<i>.log each (relay.access_log): their tails, merged
+        # by time.
+        stem, ext = os.path.splitext(path)
+        paths = [f"{stem}-worker-{i}{ext}" for i in range(relay.workers)]
+        return CommandOutcome(True, await asyncio.to_thread(_merged_tails, paths, lines))
