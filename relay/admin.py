@@ -1,4 +1,5 @@
-"""Admin API (``GET /healthz``, ``GET /config``, ``POST /reload``) and the metrics endpoint.
+"""Admin API (``GET /healthz``, ``GET /config``, ``POST /reload``, and the usage endpoints of
+``relay.usage_api``) and the metrics endpoint.
 
 Low-traffic HTTP/1.1 on asyncio streams; one request per connection. When ``api.addr`` and
 ``metrics.addr`` are the same address one listener serves both. Either can serve TLS 1.3
@@ -33,6 +34,12 @@ class AdminTarget(Protocol):
 
     @property
     def config(self) -> RelayConfig: ...
+
+    async def usage_request(
+        self, method: str, path: str, query: str, body: bytes
+    ) -> tuple[int, dict[str, object]]:
+        """Answer a ``/usage`` request (``relay.usage_api``): (status, JSON payload)."""
+        ...
 
     async def metrics_text(self) -> bytes:
         """The Prometheus exposition of the whole node."""
@@ -69,7 +76,8 @@ def json_response(status: int, payload: object) -> Response:
 
 
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
-            405: "Method Not Allowed", 409: "Conflict", 500: "Internal Server Error"}  # fmt: skip
+            405: "Method Not Allowed", 409: "Conflict", 500: "Internal Server Error",
+            501: "Not Implemented"}  # fmt: skip
 
 
 class AdminServer:
@@ -165,17 +173,17 @@ class AdminServer:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         local_port = writer.get_extra_info("sockname")[1]
 
-        async def route(method: str, path: str, headers: dict[str, str]) -> Response:
-            return await self._route(method, path, headers, local_port)
+        async def route(method: str, path: str, headers: dict[str, str], body: bytes) -> Response:
+            return await self._route(method, path, headers, local_port, body)
 
         await serve_one(reader, writer, route)
 
     async def _route(
-        self, method: str, path: str, headers: dict[str, str], local_port: int
+        self, method: str, path: str, headers: dict[str, str], local_port: int, body: bytes = b""
     ) -> Response:
         config = self._config
         assert config is not None
-        path = path.split("?", 1)[0]
+        path, _, query = path.partition("?")
         if (
             config.metrics is not None
             and path == config.metrics.path
@@ -198,6 +206,8 @@ class AdminServer:
             return json_response(200, redacted_mapping(config))
         if path == "/reload" and method == "POST":
             return await self._reload()
+        if path.startswith("/usage"):
+            return json_response(*await self._node.usage_request(method, path, query, body))
         if path in ("/config", "/reload"):
             return json_response(405, {"error": "method_not_allowed", "message": method})
         return json_response(404, {"error": "not_found", "message": path})
@@ -219,7 +229,10 @@ class AdminServer:
         return json_response(200, {"status": "reloaded", "version": new.version})
 
 
-Route = Callable[[str, str, dict[str, str]], Awaitable[Response]]
+#: (method, path with query, headers, body) -> answer.
+Route = Callable[[str, str, dict[str, str], bytes], Awaitable[Response]]
+#: Largest request body (``PUT /usage/blocked`` carries up to 100,000 key hashes).
+MAX_BODY = 4 * 1024 * 1024
 
 
 async def serve_one(
@@ -232,9 +245,12 @@ async def serve_one(
             raise ValueError("head too large")
         method, path, headers = _parse_head(head)
         length = int(headers.get("content-length", "0"))
+        body = b""
+        if length > MAX_BODY:
+            raise ValueError("body too large")
         if length:
-            await asyncio.wait_for(reader.readexactly(min(length, MAX_HEAD)), READ_TIMEOUT)
-        response = await route(method, path, headers)
+            body = await asyncio.wait_for(reader.readexactly(length), READ_TIMEOUT)
+        response = await route(method, path, headers, body)
     except (ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
         response = json_response(400, {"error": "bad_request", "message": "malformed request"})
     except (TimeoutError, ConnectionError):

@@ -46,6 +46,16 @@ def _parser() -> argparse.ArgumentParser:
     agent.add_argument("--config", required=True, help="agent config file (YAML)")
     agent.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
 
+    # Access logs (``accessLog``; issue 12).
+    logs = commands.add_parser("logs", help="access log tools")
+    logs_commands = logs.add_subparsers(dest="logs_command", required=True)
+    stats = logs_commands.add_parser(
+        "stats", help="summarise an access log: top keys, error rates, TTFB p50/p99"
+    )
+    stats.add_argument("file", help="access log file (JSON lines)")
+    stats.add_argument("--top", type=int, default=10, help="keys to list (default 10)")
+    stats.add_argument("--json", action="store_true", help="print JSON instead of text")
+
     commands.add_parser(
         "dev-origin", add_help=False, help="run the LLM-like test origin (see dev-origin --help)"
     )
@@ -61,11 +71,31 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "check":
         return _check(args.config)
+    if args.command == "logs":
+        return _log_stats(args.file, args.top, args.json)
     if args.command == "agent":
         from relay.agent.main import run_agent
 
         return run_agent(args.config, args.log_level)
     return _run(args)
+
+
+def _log_stats(path: str, top: int, as_json: bool) -> int:
+    import json
+
+    from relay.log_stats import format_stats, summarise
+
+    try:
+        with open(path, "rb") as stream:
+            stats = summarise(stream)
+    except OSError as exc:
+        print(f"aicdn-relay logs stats: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    if as_json:
+        print(json.dumps(stats.to_json(top), indent=2))
+    else:
+        print(format_stats(stats, top), end="")
+    return 0
 
 
 def _check(path: str) -> int:

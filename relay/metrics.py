@@ -10,6 +10,7 @@ resolved once per service.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CollectorRegistry,
@@ -23,6 +24,10 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from relay.access_log import AccessLog
+    from relay.usage import UsageMeter
 
 #: LLM streams are long: duration buckets reach 30 minutes.
 DURATION_BUCKETS = (
@@ -168,6 +173,9 @@ class RelayMetrics:
             "aicdn_config_version", "Version of the running config.", registry=self.registry
         )
         self.resume = {"edge": ResumeStats("edge"), "core": ResumeStats("core")}
+        #: Set by the node (issue 12): read at scrape time for their counters.
+        self.usage_meter: UsageMeter | None = None
+        self.access_log: AccessLog | None = None
         self.registry.register(_LiveCollector(self))
 
     def service(self, name: str, handler: str) -> ServiceStats:
@@ -214,6 +222,35 @@ class _LiveCollector(Collector):
                 blocked.add_metric([stats.name, reason], count)
         yield from (active, total, transfer, blocked)
         yield from _resume_metrics(self._metrics.resume.values())
+        yield from self._usage_families()
+
+    def _usage_families(self) -> Iterator[Metric]:
+        meter = self._metrics.usage_meter
+        if meter is not None:
+            yield CounterMetricFamily(
+                "aicdn_usage_overflow",
+                "Requests counted under the overflow key: an interval held too many keys.",
+                value=meter.overflowed,
+            )
+            yield GaugeMetricFamily(
+                "aicdn_usage_pending_entries",
+                "Usage entries (key, hour) counted and not yet acknowledged by the master.",
+                value=meter.pending_entries(),
+            )
+            yield GaugeMetricFamily(
+                "aicdn_usage_blocked_keys", "API keys refused as over quota.",
+                value=len(meter.blocked),
+            )  # fmt: skip
+        access_log = self._metrics.access_log
+        if access_log is not None:
+            yield CounterMetricFamily(
+                "aicdn_access_log_lines", "Access log lines written.", value=access_log.written
+            )
+            yield CounterMetricFamily(
+                "aicdn_access_log_dropped",
+                "Access log lines dropped by ratePerSecond or a full queue.",
+                value=access_log.dropped,
+            )
 
     def describe(self) -> Iterator[Metric]:
         return iter(())

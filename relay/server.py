@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from relay.access_log import AccessLog
 from relay.admin import AdminServer, NoReloadSource
 from relay.chain import Chain
 from relay.config import ConfigError
@@ -25,6 +27,8 @@ from relay.metrics import RelayMetrics
 from relay.policy import ServicePolicies
 from relay.resume.core import SessionTable
 from relay.service import ServiceRuntime
+from relay.usage import UsageMeter
+from relay.usage_api import usage_route
 from relay.workers import serve_worker_control
 
 log = logging.getLogger(__name__)
@@ -109,6 +113,11 @@ class RelayNode:
         self._policies: dict[tuple[object, ...], ServicePolicies] = {}
         #: Resumable streams of this node's relay services; they outlive reloads.
         self.resume_sessions = SessionTable(self.metrics.resume["core"])
+        #: Per-key usage of the http services; one per process, kept across reloads.
+        self.usage = UsageMeter()
+        self.metrics.usage_meter = self.usage
+        #: The access log (``accessLog``), opened at start and when a reload changes it.
+        self.access_log: AccessLog | None = None
 
     # --- introspection ----------------------------------------------------------------------
 
@@ -138,6 +147,11 @@ class RelayNode:
     async def metrics_text(self) -> bytes:
         return self.metrics.exposition()
 
+    async def usage_request(
+        self, method: str, path: str, query: str, body: bytes
+    ) -> tuple[int, dict[str, object]]:
+        return usage_route(self.usage, method, path, query, body)
+
     def health(self) -> dict[str, object]:
         services = [
             {"name": name, "connections": slot.runtime.stats.connections_active}
@@ -163,6 +177,7 @@ class RelayNode:
 
     async def start(self) -> None:
         self.metrics.config_version.set(self.config.version)
+        self._open_access_log(self.config)
         self._chains = self._build_chains(self.config)
         try:
             for service in self.config.services:
@@ -192,6 +207,8 @@ class RelayNode:
         files, and the node then keeps running what it had.
         """
         chains = self._build_chains(new)
+        previous_log = self.access_log
+        self._open_access_log(new)
         runtimes = {s.name: self._runtime(s, new, chains) for s in new.services}
         fresh: dict[str, _Slot] = {}
         rotations: list[Callable[[], None]] = []
@@ -246,6 +263,8 @@ class RelayNode:
             slot.retired = [r for r in slot.retired if r.connections]
         self._slots = slots
         self._chains = chains
+        if previous_log is not None and previous_log is not self.access_log:
+            previous_log.close()
         self.config = new
         self.metrics.config_version.set(new.version)
         if self._admin is not None:
@@ -272,6 +291,8 @@ class RelayNode:
             task.cancel()
         await self._drain(runtimes, timeout)
         self.resume_sessions.close_all()
+        if self.access_log is not None:
+            self.access_log.close()
 
     def abort_all(self) -> None:
         """Close every connection at once (a second SIGTERM during a drain)."""
@@ -323,7 +344,22 @@ class RelayNode:
         runtime.alt_svc = _alt_svc(service, config)
         if service.handler.type == "relay" and service.handler.resume.enabled:
             runtime.resume_sessions = self.resume_sessions
+        if service.handler.type == "http":
+            runtime.usage = self.usage
+            runtime.access_log = self.access_log
         return runtime
+
+    def _open_access_log(self, config: RelayConfig) -> None:
+        """Open ``config``'s access log unless the one open already is the same (a reload that
+        does not touch ``accessLog`` keeps the file and its counters)."""
+        wanted = config.access_log
+        current = self.access_log
+        if current is not None and current.config == wanted and current.base_dir == config.base_dir:
+            return
+        # A worker's control socket is ``worker-<i>.sock``: its log is ``<file>-worker-<i>``.
+        worker = os.path.splitext(os.path.basename(self.worker_socket or ""))[0]
+        self.access_log = AccessLog(wanted, config.base_dir, worker) if wanted is not None else None
+        self.metrics.access_log = self.access_log
 
     def _service_policies(
         self, service: ServiceConfig, config: RelayConfig

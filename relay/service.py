@@ -12,6 +12,7 @@ import ssl
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from relay.access_log import AccessLog
 from relay.chain import Chain, Dialed, DialError, NodeGroup, NodeState, dial_direct
 from relay.config.model import Address, ServiceConfig
 from relay.metrics import RelayMetrics, ServiceStats
@@ -19,8 +20,13 @@ from relay.policy import ALLOW, IPMatcher, ServicePolicies, Verdict, normalize_i
 from relay.pool import UpstreamPool
 from relay.resume.core import SessionTable
 from relay.transports.base import TransportError
+from relay.usage import UsageMeter
 
 log = logging.getLogger(__name__)
+
+#: A key over its quota: retrying soon will not help (the master lifts it when the period ends).
+#: "quota" joins the policies' ``REASONS`` in the label set of ``aicdn_blocked_total{reason}``.
+_DENY_QUOTA = Verdict(False, "quota", 0.0)
 
 
 class Connection(Protocol):
@@ -85,6 +91,10 @@ class ServiceRuntime:
         #: The node's resumable streams (relay handler), shared by its services and reloads;
         #: None: resume is off here (a resume feature is then ignored, as gost does).
         self.resume_sessions: SessionTable | None = None
+        #: Per-key usage of the node (http handler), set by the node; None: not counted.
+        self.usage: UsageMeter | None = None
+        #: The node's access log, set by the node; None: no access log.
+        self.access_log: AccessLog | None = None
 
     # --- connection bookkeeping -------------------------------------------------------------
 
@@ -135,6 +145,14 @@ class ServiceRuntime:
         if not verdict.allowed:
             self.block(verdict.reason)
         return verdict
+
+    def usage_verdict(self, key: str) -> Verdict:
+        """Refuse a key the master found over its quota (``UsageMeter.blocked``); counts it."""
+        usage = self.usage
+        if usage is None or key not in usage.blocked:
+            return ALLOW
+        self.block("quota")
+        return _DENY_QUOTA
 
     def client_ip(self, peer_ip: str, forwarded_for: bytes) -> str:
         """The client's IP: the peer, or, when the peer is a trusted proxy, the rightmost

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -56,12 +57,58 @@ class Supervisor:
             for i in range(config.workers)
         ]
         self._admin = AdminServer(self)
+        #: The worker whose usage batch ``GET /usage`` looks at first (see usage_request).
+        self._usage_next = 0
         self._stopping = False
         self._monitors: set[asyncio.Task[None]] = set()
 
     @property
     def config(self) -> RelayConfig:
         return self._config
+
+    async def usage_request(
+        self, method: str, path: str, query: str, body: bytes
+    ) -> tuple[int, dict[str, object]]:
+        """``/usage`` of the node from its workers' meters.
+
+        ``GET /usage`` returns one worker's pending batch (batch ids are unique per worker
+        process), starting from the worker after the last one drained, so that every worker is
+        drained in turn and a batch is always one worker's, resent unchanged until acked.
+        Acknowledgements and over-quota keys go to every worker.
+        """
+        count = len(self._workers)
+        if method == "GET" and path == "/usage":
+            for step in range(count):
+                worker = self._workers[(self._usage_next + step) % count]
+                status, payload = await self._ask_json(worker, "GET", "/usage")
+                if status == 200 and payload.get("batch") is not None:
+                    self._usage_next = (worker.index + 1) % count
+                    return 200, payload
+            return 200, {"batch": None}
+        answers = [
+            await self._ask_json(w, method, f"{path}?{query}" if query else path, body)
+            for w in self._workers
+        ]
+        failed = [f"worker {w.index}: {a[1]}" for w, a in zip(self._workers, answers, strict=True)
+                  if a[0] not in (200, 400, 405, 404)]  # fmt: skip
+        if failed:
+            return 502, {"error": "worker_failed", "message": "; ".join(failed)}
+        status, payload = answers[0]
+        if status == 200 and path == "/usage/ack":
+            return 200, {"acked": any(a[1].get("acked") is True for a in answers)}
+        return status, payload
+
+    async def _ask_json(
+        self, worker: _Worker, method: str, path: str, body: bytes = b""
+    ) -> tuple[int, dict[str, object]]:
+        """(status, JSON object) of a worker's answer; (599, error) when it does not answer."""
+        try:
+            head, data = await self._ask_raw(worker, method, path, body)
+            status = int(head.split(b" ", 2)[1])
+            payload = json.loads(data)
+        except (OSError, TimeoutError, ValueError, IndexError) as exc:
+            return 599, {"error": f"no answer: {exc}"}
+        return status, payload if isinstance(payload, dict) else {"error": "not an object"}
 
     async def start(self) -> None:
         for worker in self._workers:
@@ -126,15 +173,24 @@ class Supervisor:
         return new
 
     async def _ask(self, worker: _Worker, method: str, path: str) -> bytes:
+        return (await self._ask_raw(worker, method, path))[1]
+
+    async def _ask_raw(
+        self, worker: _Worker, method: str, path: str, body: bytes = b""
+    ) -> tuple[bytes, bytes]:
+        """(head, body) of one request to a worker's control socket."""
         reader, writer = await asyncio.wait_for(
             asyncio.open_unix_connection(worker.socket_path), 5.0
         )
         try:
-            writer.write(f"{method} {path} HTTP/1.1\r\nhost: worker\r\n\r\n".encode())
+            length = f"content-length: {len(body)}\r\n" if body else ""
+            request = f"{method} {path} HTTP/1.1\r\nhost: worker\r\n{length}\r\n"
+            writer.write(request.encode() + body)
             data = await asyncio.wait_for(reader.read(), 30.0)
         finally:
             writer.close()
-        return data.split(b"\r\n\r\n", 1)[1] if b"\r\n\r\n" in data else b""
+        head, _, answer = data.partition(b"\r\n\r\n")
+        return head, answer
 
     def health(self) -> dict[str, object]:
         workers = self._worker_status()
@@ -185,7 +241,10 @@ class Supervisor:
 async def serve_worker_control(node: AdminTarget, path: str) -> asyncio.AbstractServer:
     """A worker's control socket: ``GET /metrics``, ``GET /healthz``, ``POST /reload``."""
 
-    async def route(method: str, target: str, headers: dict[str, str]) -> Response:
+    async def route(method: str, target: str, headers: dict[str, str], body: bytes) -> Response:
+        if target.startswith("/usage"):
+            path, _, query = target.partition("?")
+            return json_response(*await node.usage_request(method, path, query, body))
         if target == "/metrics":
             return Response(200, await node.metrics_text(), "text/plain; version=0.0.4")
         if target == "/healthz":

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from flask import Flask
 
-from master_api.api import alerts, auth, configs, deployments, fleet, nodes, system, users
+from master_api.api import (
+    alerts,
+    auth,
+    configs,
+    deployments,
+    fleet,
+    nodes,
+    system,
+    usage,
+    users,
+)
 from master_api.api.audit import record_audit
 from master_api.api.routing import API_PREFIX, ROUTES, check_admin_allow
 
@@ -19,6 +29,7 @@ BLUEPRINTS = (
     alerts.bp,
     deployments.bp,
     fleet.bp,
+    usage.bp,
 )
 
 

@@ -337,6 +337,7 @@ class CommandInput:
     command: str
     lines: int | None = None
     timeout: float | None = None
+    source: str | None = None
 
 
 COMMAND_IN = Schema(
@@ -356,6 +357,12 @@ COMMAND_IN = Schema(
             "seconds the agent has to answer (default AICDN_COMMAND_TIMEOUT)",
             minimum=0.1,
             maximum=300,
+        ),
+        Field(
+            "source",
+            "string",
+            "logs: relay (its journal or log file; default) or access (its JSON access log)",
+            enum=("relay", "access"),
         ),
     ],
     CommandInput,
@@ -395,6 +402,8 @@ def run_command(node_id: str, body: CommandInput) -> Any:
     g.aicdn_target = node.id
     hub = _hub()
     args = {"lines": str(body.lines)} if body.lines is not None else {}
+    if body.source is not None:
+        args["source"] = body.source
     timeout = body.timeout if body.timeout is not None else settings().command_timeout
     try:
         reply = hub.execute_blocking(node.id, body.command, args, timeout)

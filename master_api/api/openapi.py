@@ -64,6 +64,8 @@ def _responses(spec: RouteSpec) -> dict[str, Any]:
         entry: dict[str, Any] = {"description": reply.description}
         if reply.media_type:
             entry["content"] = {reply.media_type: {"schema": dict(reply.schema or {})}}
+            for media_type, schema in reply.alternatives.items():
+                entry["content"][media_type] = {"schema": dict(schema)}
         if reply.headers:
             entry["headers"] = {
                 name: {"schema": {"type": kind}} for name, kind in reply.headers.items()

@@ -53,6 +53,8 @@ class Reply:
     schema: Mapping[str, Any] | None = None
     media_type: str = "application/json"
     headers: Mapping[str, str] = field(default_factory=dict)
+    alternatives: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """Other media types the same answer can come in (``text/csv``), with their schemas."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -107,6 +107,7 @@ class AgentGrpcServer:
             self._executor,
             settings,
             render_executor=self._render_executor,
+            usage=services(self._app).usage,
         )
         add_servicer(servicer, server)
         address = f"{settings.grpc_addr.host or '0.0.0.0'}:{settings.grpc_addr.port}"

@@ -35,7 +35,9 @@ from master_api.errors import (
 )
 from master_api.grpc.hub import CommandHub, CommandStream
 from master_api.models import Node, NodeMetrics
+from master_api.repos.usage import COUNTER_FIELDS
 from master_api.services.nodes import ConfigReport, NodeService, RenderedConfig
+from master_api.services.usage import UsageService
 from master_api.settings import Settings
 from relay.agent.rpc import AUTHORIZATION_KEY, NODE_ID_KEY, pb
 
@@ -99,6 +101,14 @@ def metrics_from_message(message: pb.NodeMetrics) -> NodeMetrics:
     )
 
 
+def _usage_record(entry: pb.KeyUsage) -> dict[str, object]:
+    return {
+        "key": entry.key,
+        "hour": entry.hour,
+        **{name: getattr(entry, name) for name in COUNTER_FIELDS},
+    }
+
+
 def _optional_version(message: Any, name: str) -> int | None:
     if not message.HasField(name):
         return None
@@ -116,6 +126,7 @@ class AgentServicer:
         executor: Executor,
         settings: Settings,
         render_executor: Executor | None = None,
+        usage: UsageService | None = None,
     ) -> None:
         """``executor`` runs the database calls; ``render_executor`` (default: the same) the
         renders of ``PushConfig``, which are CPU-heavy: on a pool of their own, a publish that
@@ -128,6 +139,8 @@ class AgentServicer:
         self._snapshot_ttl = settings.agent_snapshot_ttl
         self._auth_ttl = settings.agent_auth_ttl
         self._pending_renders = 0  # only touched on the event loop
+        #: Usage batches and quotas (issue 12); None: heartbeats carry no usage answer.
+        self._usage = usage
 
     async def _call(
         self,
@@ -194,9 +207,47 @@ class AgentServicer:
             _optional_version(request, "applied_version"),
             self._snapshot_ttl,
         )
-        return pb.HeartbeatResponse(
+        reply = pb.HeartbeatResponse(
             config_updated=result.config_updated, desired_version=result.desired_version
         )
+        if self._usage is not None:
+            await self._heartbeat_usage(node, request, reply, context)
+        return reply
+
+    async def _heartbeat_usage(
+        self,
+        node: Node,
+        request: pb.HeartbeatRequest,
+        reply: pb.HeartbeatResponse,
+        context: Context,
+    ) -> None:
+        """Store the heartbeat's usage batch (acknowledged in ``reply`` once stored) and put
+        the over-quota keys in ``reply``. A malformed batch is dropped without failing the
+        heartbeat: logged as an error, and acknowledged so that later batches flow."""
+        usage = self._usage
+        assert usage is not None
+        if request.HasField("usage") and request.usage.batch_id:
+            batch = request.usage
+            records = [_usage_record(entry) for entry in batch.entries]
+            loop = asyncio.get_running_loop()
+            try:
+                await loop.run_in_executor(
+                    self._executor, partial(usage.record, node.id, batch.batch_id, records)
+                )
+                reply.usage_acked = batch.batch_id
+            except BadRequest as exc:
+                # Acknowledged all the same: a batch the master can never take would otherwise
+                # be sent forever and hold up every later one on the relay.
+                log.error(
+                    "node %s: usage batch %s dropped, malformed: %s",
+                    node.name, batch.batch_id[:128], exc.message,
+                )  # fmt: skip
+                reply.usage_acked = batch.batch_id
+            except ApiError as exc:
+                await self._abort(context, exc)
+        over = await self._call(context, usage.over_quota)
+        reply.quotas_known = True
+        reply.over_quota_keys.extend(over)
 
     async def PushConfig(
         self, request: pb.PushConfigRequest, context: Context

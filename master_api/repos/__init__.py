@@ -25,6 +25,7 @@ from master_api.repos.leaders import LeadersRepo
 from master_api.repos.login_attempts import LoginAttemptsRepo
 from master_api.repos.nodes import NodeFilter, NodesRepo
 from master_api.repos.revoked_tokens import RevokedTokensRepo
+from master_api.repos.usage import QuotasRepo, UsageRecordsRepo
 from master_api.repos.users import UsersRepo
 
 __all__ = ["NodeFilter", "Repos"]
@@ -52,6 +53,8 @@ class Repos:
         self.deployment_events = DeploymentEventsRepo(db)
         self.deployment_locks = DeploymentLocksRepo(db)
         self.autoscale_decisions = AutoscaleDecisionsRepo(db)
+        self.usage_records = UsageRecordsRepo(db)
+        self.usage_quotas = QuotasRepo(db)
 
     def all(self) -> list[BaseRepo]:
         return [value for value in vars(self).values() if isinstance(value, BaseRepo)]

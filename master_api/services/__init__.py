@@ -11,6 +11,7 @@ from master_api.services.deployments import DeploymentService
 from master_api.services.external_runs import ExternalRuns
 from master_api.services.nodes import NodeService
 from master_api.services.passwords import Passwords
+from master_api.services.usage import UsageService
 from master_api.settings import Settings
 
 __all__ = ["Services"]
@@ -25,3 +26,4 @@ class Services:
         self.nodes = NodeService(repos, settings, self.configs)
         self.deployments = DeploymentService(repos, settings)
         self.external_runs = ExternalRuns(repos)
+        self.usage = UsageService(repos, settings)

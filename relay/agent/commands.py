@@ -8,7 +8,8 @@ stop       ``systemctl stop <relay_service>``; unsupported without systemd
 status     JSON: the relay's ``/healthz``, what the agent knows, and ``systemctl show`` fields
            under systemd
 logs       the last ``lines`` (default 100, at most 5000) lines: ``journalctl -u`` under
-           systemd, else the tail of ``relay_log_file``
+           systemd, else the tail of ``relay_log_file``; with ``source: access``, the tail of
+           the relay's JSON access log (``accessLog.file`` of its config)
 =========  =====================================================================================
 
 Every command returns a :class:`CommandOutcome`; failures are outcomes (``ok`` false and an
@@ -27,6 +28,7 @@ from typing import Final
 
 from relay.agent.config import AgentConfig
 from relay.agent.relay_api import RelayApi, RelayApiError
+from relay.config import ConfigError, load_config_file
 
 __all__ = ["COMMANDS", "CommandOutcome", "CommandRunner", "systemd_present"]
 
@@ -87,6 +89,26 @@ def tail_lines(path: str, lines: int, max_bytes: int = MAX_OUTPUT) -> str:
         data = stream.read()
     text = data.decode("utf-8", "replace").splitlines()
     return "\n".join(text[-lines:]) + ("\n" if text else "")
+
+
+def _merged_tails(paths: list[str], lines: int) -> str:
+    """The last ``lines`` JSON lines of the files at ``paths`` (missing ones skipped), in the
+    order of their ``ts``."""
+    entries: list[tuple[float, str]] = []
+    for path in paths:
+        try:
+            text = tail_lines(path, lines, MAX_OUTPUT // max(1, len(paths)))
+        except OSError:
+            continue
+        for line in text.splitlines():
+            try:
+                ts = json.loads(line).get("ts", 0.0)
+            except (ValueError, AttributeError):
+                ts = 0.0
+            entries.append((ts if isinstance(ts, int | float) else 0.0, line))
+    entries.sort(key=lambda entry: entry[0])
+    kept = [line for _, line in entries[-lines:]]
+    return "\n".join(kept) + ("\n" if kept else "")
 
 
 class CommandRunner:
@@ -162,6 +184,11 @@ class CommandRunner:
         if not raw.isdigit() or not 1 <= int(raw) <= _MAX_LINES:
             return CommandOutcome(False, error=f"lines: expected 1-{_MAX_LINES}, got {raw!r}")
         lines = int(raw)
+        source = args.get("source", "relay")
+        if source == "access":
+            return await self._access_log(lines)
+        if source != "relay":
+            return CommandOutcome(False, error=f"source: expected relay or access, got {source!r}")
         if self.systemd:
             return await _run(
                 "journalctl", "-u", self._config.relay_service, "-n", str(lines),
@@ -177,3 +204,22 @@ class CommandRunner:
             return CommandOutcome(True, await asyncio.to_thread(tail_lines, path, lines))
         except OSError as exc:
             return CommandOutcome(False, error=f"cannot read {path}: {exc}")
+
+    async def _access_log(self, lines: int) -> CommandOutcome:
+        try:
+            relay = load_config_file(self._config.relay_config)
+        except ConfigError as exc:
+            return CommandOutcome(False, error=f"cannot read the relay config: {exc}")
+        if relay.access_log is None:
+            return CommandOutcome(False, error="the relay config sets no accessLog")
+        path = os.path.join(relay.base_dir, relay.access_log.file)
+        if relay.workers <= 1:
+            try:
+                return CommandOutcome(True, await asyncio.to_thread(tail_lines, path, lines))
+            except OSError as exc:
+                return CommandOutcome(False, error=f"cannot read {path}: {exc}")
+        # workers: N write access-worker-<i>.log each (relay.access_log): their tails, merged
+        # by time.
+        stem, ext = os.path.splitext(path)
+        paths = [f"{stem}-worker-{i}{ext}" for i in range(relay.workers)]
+        return CommandOutcome(True, await asyncio.to_thread(_merged_tails, paths, lines))

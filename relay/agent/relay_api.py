@@ -11,6 +11,7 @@ import asyncio
 import json
 import ssl
 from dataclasses import dataclass
+from urllib.parse import quote
 
 from relay.agent.config import AgentConfig
 from relay.config import Address, ConfigError, load_config_file
@@ -118,15 +119,18 @@ async def http_request(
     token: str | None = None,
     timeout: float = 10.0,
     tls: ssl.SSLContext | None = None,
+    body: bytes | None = None,
 ) -> HttpAnswer:
-    """One HTTP/1.1 request (over TLS with ``tls``); the whole exchange is bounded by
+    """One HTTP/1.1 request (over TLS with ``tls``; ``body``: sent as JSON); the whole
+    exchange is bounded by
     ``timeout`` seconds.
 
     Raises :class:`RelayApiError` on connection failure (a certificate that does not verify
     included), timeout or a malformed answer.
     """
     try:
-        return await asyncio.wait_for(_exchange(addr, method, path, token, tls), timeout)
+        exchange = _exchange(addr, method, path, token, tls, body)
+        return await asyncio.wait_for(exchange, timeout)
     except TimeoutError:
         raise RelayApiError(f"{method} {path} on {addr}: no answer within {timeout:g}s") from None
     except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
@@ -134,7 +138,12 @@ async def http_request(
 
 
 async def _exchange(
-    addr: Address, method: str, path: str, token: str | None, tls: ssl.SSLContext | None
+    addr: Address,
+    method: str,
+    path: str,
+    token: str | None,
+    tls: ssl.SSLContext | None,
+    body: bytes | None = None,
 ) -> HttpAnswer:
     reader, writer = await asyncio.open_connection(
         addr.host, addr.port, ssl=tls, server_hostname=addr.host if tls is not None else None
@@ -143,9 +152,11 @@ async def _exchange(
         head = [f"{method} {path} HTTP/1.1", f"Host: {addr}", "Connection: close"]
         if token:
             head.append(f"Authorization: Bearer {token}")
-        if method == "POST":
+        if body is not None:
+            head += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
+        elif method in ("POST", "PUT"):
             head.append("Content-Length: 0")
-        writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
+        writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + (body or b""))
         await writer.drain()
         status_line = await reader.readuntil(b"\r\n")
         parts = status_line.split(b" ", 2)
@@ -214,3 +225,34 @@ class RelayApi:
         if answer.status != 200:
             raise RelayApiError(f"metrics answered {answer.status}")
         return answer.body.decode("utf-8", "replace")
+
+    # --- usage (issue 12; relay.usage_api) -----------------------------------------------------
+
+    async def _usage_call(
+        self, method: str, path: str, body: bytes | None = None
+    ) -> dict[str, object]:
+        answer = await http_request(
+            self.endpoints.api, method, path, self.endpoints.api_token, self.timeout,
+            tls=self.endpoints.api_tls, body=body,
+        )  # fmt: skip
+        data = answer.json()
+        if answer.status != 200 or not isinstance(data, dict):
+            raise RelayApiError(f"{method} {path} answered {answer.status}: {answer.body[:200]!r}")
+        return data
+
+    async def usage_batch(self) -> dict[str, object] | None:
+        """``GET /usage``: the pending usage batch (sealed on demand), None when nothing was
+        counted. Raises :class:`RelayApiError` (also when the relay does not serve usage)."""
+        batch = (await self._usage_call("GET", "/usage")).get("batch")
+        if batch is not None and not isinstance(batch, dict):
+            raise RelayApiError(f"/usage: batch is {type(batch).__name__}")
+        return batch
+
+    async def ack_usage(self, batch_id: str) -> bool:
+        """``POST /usage/ack``: whether the relay dropped that pending batch."""
+        data = await self._usage_call("POST", f"/usage/ack?batch={quote(batch_id)}")
+        return data.get("acked") is True
+
+    async def set_blocked(self, keys: list[str]) -> None:
+        """``PUT /usage/blocked``: the keys over quota."""
+        await self._usage_call("PUT", "/usage/blocked", json.dumps({"keys": keys}).encode())

@@ -32,6 +32,7 @@ from relay.agent.config import AgentConfig
 from relay.agent.relay_api import RelayApi, RelayApiError, RelayEndpoints, relay_endpoints
 from relay.agent.rpc import AgentStub, auth_metadata, channel_options, make_stub, pb
 from relay.agent.sampling import MetricsSampler, RelaySample
+from relay.agent.usage import UsageCarrier
 from relay.config import Address
 
 __all__ = ["Agent", "MasterUnavailable"]
@@ -73,6 +74,7 @@ class Agent:
         self.applied_version: int | None = None
         self.last_result: ApplyResult | None = None
         self.heartbeats = 0
+        self._usage = UsageCarrier()
 
     def _api(self) -> RelayApi:
         return RelayApi(self._endpoints, timeout=self.config.rpc_timeout)
@@ -210,17 +212,23 @@ class Agent:
     async def _heartbeat(self, stub: AgentStub, master: Address) -> None:
         up, running = await self._relay_health()
         sample = await self._sample()
+        usage = await self._usage.take(self._api()) if up else None
         reply = await self._rpc(
             master,
             stub.Heartbeat(
                 pb.HeartbeatRequest(
-                    metrics=_metrics_message(sample), applied_version=running, relay_up=up
+                    metrics=_metrics_message(sample),
+                    applied_version=running,
+                    relay_up=up,
+                    usage=usage,
                 ),
                 timeout=self.config.rpc_timeout,
                 metadata=self._metadata,
             ),
         )
         self.heartbeats += 1
+        if up:
+            await self._usage.settle(self._api(), usage, reply)
         if reply.config_updated and reply.HasField("desired_version"):
             if up:
                 await self._update(stub, master, reply.desired_version)

@@ -281,6 +281,21 @@ class LimiterConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AccessLogConfig:
+    """``accessLog``: one JSON line per HTTP request (issue 12), written off the hot path."""
+
+    file: str
+    """Path of the log (relative: against the config file's directory)."""
+    max_size: int = 100 * 1024 * 1024
+    """``maxSize``: bytes before the file is rotated (``file.1``, ``file.2``, ...); 100 MiB."""
+    max_backups: int = 5
+    """``maxBackups``: rotated files kept; 0 truncates instead of keeping any."""
+    rate_per_second: int = 1000
+    """``ratePerSecond``: lines per second at most (burst: one second's worth); more are
+    dropped and counted in ``aicdn_access_log_dropped_total``."""
+
+
+@dataclass(frozen=True, slots=True)
 class RelayConfig:
     services: tuple[ServiceConfig, ...] = ()
     chains: tuple[ChainConfig, ...] = ()
@@ -301,6 +316,8 @@ class RelayConfig:
     version: int = 0
     #: Directory the file was loaded from; relative certificate paths resolve against it.
     base_dir: str = "."
+    #: ``accessLog``: JSON access log of the http services (None: none).
+    access_log: AccessLogConfig | None = None
 
     def chain(self, name: str) -> ChainConfig:
         for chain in self.chains:

@@ -66,6 +66,14 @@ def config_to_mapping(config: RelayConfig, *, redact: bool = False) -> dict[str,
     out["workers"] = config.workers
     out["shutdownTimeout"] = duration(config.shutdown_timeout)
     out["version"] = config.version
+    if config.access_log is not None:
+        log = config.access_log
+        out["accessLog"] = {
+            "file": log.file,
+            "maxSize": log.max_size,
+            "maxBackups": log.max_backups,
+            "ratePerSecond": log.rate_per_second,
+        }
     return out
 
 

@@ -21,6 +21,7 @@ TOP_KEYS = (
     "workers",
     "shutdownTimeout",
     "version",
+    "accessLog",
 )
 SERVICE_KEYS = (
     "name",
@@ -54,6 +55,7 @@ LOG_KEYS = ("level", "format")
 API_KEYS = ("addr", "auth", "tls")
 API_AUTH_KEYS = ("token",)
 METRICS_KEYS = ("addr", "path", "tls")
+ACCESS_LOG_KEYS = ("file", "maxSize", "maxBackups", "ratePerSecond")
 ADMISSION_KEYS = ("name", "whitelist", "matchers")
 SHIELD_KEYS = (
     "name",

@@ -22,6 +22,7 @@ from relay.config.errors import ConfigError
 from relay.config.model import (
     LOG_FORMATS,
     LOG_LEVELS,
+    AccessLogConfig,
     APIConfig,
     LogConfig,
     MetricsConfig,
@@ -40,10 +41,12 @@ from relay.config.readers import (
     _key,
     _mapping,
     _opt_str,
+    _required_str,
     _section,
     _url_path,
 )
 from relay.config.schema import (
+    ACCESS_LOG_KEYS,
     API_AUTH_KEYS,
     API_KEYS,
     LOG_KEYS,
@@ -109,6 +112,53 @@ def _metrics(ctx: _Ctx, value: object, path: str) -> MetricsConfig | None:
     )
 
 
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "kb": 1000, "mb": 1000**2, "gb": 1000**3,
+    "kib": 1024, "mib": 1024**2, "gib": 1024**3,
+    "k": 1024, "m": 1024**2, "g": 1024**3,
+}  # fmt: skip
+#: The smallest ``accessLog.maxSize``: rotating more often than this is a typo.
+_MIN_LOG_SIZE = 4096
+
+
+def _size(ctx: _Ctx, value: object, path: str, default: int, minimum: int) -> int:
+    """Bytes from an integer or a string with a unit (``100MB``, ``64MiB``, ``512k``)."""
+    if value is None:
+        return default
+    if isinstance(value, str):
+        text = value.strip().lower().replace(" ", "")
+        digits = text.rstrip("abcdefghijklmnopqrstuvwxyz")
+        unit = text[len(digits) :]
+        if not digits.isdigit() or unit not in _SIZE_UNITS:
+            ctx.error(
+                path, f"expected a size like 100MB, 64MiB or a byte count, got {_show(value)}"
+            )
+            return default
+        value = int(digits) * _SIZE_UNITS[unit]
+    return _int(ctx, value, path, default, minimum)
+
+
+def _access_log(ctx: _Ctx, value: object, path: str) -> AccessLogConfig | None:
+    d = _section(ctx, value, path, ACCESS_LOG_KEYS)
+    if d is None:
+        return None
+    default = AccessLogConfig(file="")
+    file = _required_str(ctx, d.get("file"), _key(path, "file"))
+    return AccessLogConfig(
+        file=file,
+        max_size=_size(
+            ctx, d.get("maxSize"), _key(path, "maxSize"), default.max_size, _MIN_LOG_SIZE
+        ),
+        max_backups=_int(
+            ctx, d.get("maxBackups"), _key(path, "maxBackups"), default.max_backups, 0
+        ),
+        rate_per_second=_int(
+            ctx, d.get("ratePerSecond"), _key(path, "ratePerSecond"), default.rate_per_second, 1
+        ),
+    )
+
+
 def _workers(ctx: _Ctx, value: object, path: str) -> int:
     default = RelayConfig().workers
     if value == "auto":
@@ -168,6 +218,7 @@ def _build_top(ctx: _Ctx, top: dict[str, object]) -> RelayConfig:
         ),
         version=_int(ctx, top.get("version"), "version", default.version, 0),
         base_dir=ctx.base_dir,
+        access_log=_access_log(ctx, top.get("accessLog"), "accessLog"),
     )
 
 

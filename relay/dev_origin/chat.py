@@ -25,7 +25,9 @@ _ID_PREFIX = os.urandom(3).hex()
 class _ChatParams:
     """The validated fields of a chat completion request."""
 
-    __slots__ = ("interval", "max_tokens", "model", "prompt_tokens", "stream", "ttfb")
+    __slots__ = (
+        "include_usage", "interval", "max_tokens", "model", "prompt_tokens", "stream", "ttfb",
+    )  # fmt: skip
 
     def __init__(self, body: bytes) -> None:
         """Parse and validate ``body``; raises ``_HttpError(400)`` on anything malformed."""
@@ -44,8 +46,14 @@ class _ChatParams:
         stream = doc.get("stream", False)
         if not isinstance(stream, bool):
             raise _HttpError(400, "'stream' must be a boolean")
+        options = doc.get("stream_options") or {}
+        include_usage = options.get("include_usage", False) if isinstance(options, dict) else None
+        if not isinstance(include_usage, bool):
+            raise _HttpError(400, "'stream_options' must be an object with a boolean include_usage")
         self.model = model
         self.stream = stream
+        #: OpenAI's ``stream_options.include_usage``: a last chunk with ``usage`` before [DONE].
+        self.include_usage = include_usage
         self.prompt_tokens = sum(_count_words(m) for m in messages)
         self.max_tokens = int(
             _number(doc, "max_tokens", DEFAULT_MAX_TOKENS, _MAX_TOKENS_LIMIT, True)

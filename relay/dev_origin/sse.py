@@ -38,6 +38,7 @@ class _SseStream:
         "_proto",
         "_seq",
         "_transport",
+        "_usage",
     )
 
     def __init__(self, proto: _OriginProtocol, request: _Request, params: _ChatParams) -> None:
@@ -55,6 +56,17 @@ class _SseStream:
         self._prefix = (
             head % (json.dumps(_completion_id()), created, json.dumps(params.model))
         ).encode()
+        self._usage: bytes | None = None
+        if params.include_usage:
+            usage = {
+                "prompt_tokens": params.prompt_tokens,
+                "completion_tokens": params.max_tokens,
+                "total_tokens": params.prompt_tokens + params.max_tokens,
+            }
+            self._usage = b'data: %s[],"usage":%s}\n\n' % (
+                self._prefix,
+                json.dumps(usage, separators=(",", ":")).encode(),
+            )
         self._first = proto.ticker.time() + params.ttfb
         proto.start_job(self)
         proto.ticker.call_at(self._first, self)
@@ -93,6 +105,8 @@ class _SseStream:
             % (self._prefix, time.time(), self._seq)
         )
         data = self._frame(payload)
+        if self._usage is not None:
+            data += self._frame(self._usage)
         data += _SSE_TAIL_CHUNKED if self._chunked else _SSE_TAIL_RAW
         if self._seq == 0:
             data = self._headers() + data  # max_tokens == 0: headers go out with the stop event.

@@ -24,6 +24,7 @@ from relay.policy import Verdict
 from relay.pool import UpstreamPool
 from relay.protocols import http1
 from relay.service import ServiceRuntime
+from relay.usage import key_of
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,8 @@ class HttpConnection(asyncio.Protocol):
         self._admitted = False
         #: A connection-level refusal (shield block, climiter) answers every request with it.
         self._refusal: Verdict | None = None
+        #: (Authorization, x-api-key, key hash) of the last request (see ``_key``).
+        self._key_cache: tuple[bytes, bytes, str] | None = None
 
     # --- asyncio.Protocol -------------------------------------------------------------------
 
@@ -158,6 +161,7 @@ class HttpConnection(asyncio.Protocol):
         method = parser.get_method()
         request_id = b""
         forwarded = b""
+        authorization = api_key = b""
         chunked = False
         headers: http1.Headers = []
         for name, value in http1.end_to_end(self._headers):
@@ -169,6 +173,10 @@ class HttpConnection(asyncio.Protocol):
             if lower == b"x-forwarded-for":
                 forwarded = value
                 continue
+            if lower == b"authorization":
+                authorization = value
+            elif lower == b"x-api-key":
+                api_key = value
             headers.append((name, value))
         for name, value in self._headers:
             if name.lower() == b"transfer-encoding" and b"chunked" in value.lower():
@@ -186,7 +194,11 @@ class HttpConnection(asyncio.Protocol):
         head = http1.request_head(method, self._url, headers)
         exchange = Exchange(self, method, head, request_id, parser.should_keep_alive(), chunked)
         client = self.service.client_ip(self.peer_ip, forwarded)
+        exchange.client = client
+        exchange.key = self._key(authorization, api_key)
         verdict = self._refusal or self.service.admit_request(client, self.loop.time())
+        if verdict.allowed and self.service.usage is not None:
+            verdict = self.service.usage_verdict(exchange.key)
         if not verdict.allowed:
             exchange.refusal = verdict
         self._current = exchange
@@ -205,6 +217,16 @@ class HttpConnection(asyncio.Protocol):
         if self._current is not None:
             self._current.end_body()
             self._current = None
+
+    def _key(self, authorization: bytes, api_key: bytes) -> str:
+        """The request's API key hash; the last one is kept per connection (clients send the
+        same token on every request of a connection), so hashing happens once per token."""
+        cached = self._key_cache
+        if cached is not None and cached[0] == authorization and cached[1] == api_key:
+            return cached[2]
+        key = key_of(authorization, api_key)
+        self._key_cache = (authorization, api_key, key)
+        return key
 
     # --- serving ----------------------------------------------------------------------------
 
@@ -317,6 +339,11 @@ class HttpConnection(asyncio.Protocol):
         extra: http1.Headers = []
         if verdict.retry_after > 0:
             extra.append((b"retry-after", b"%d" % math.ceil(verdict.retry_after)))
+        if verdict.reason == "quota":
+            self.answer_error(
+                exchange, 429, "quota_exceeded", "this API key is over its quota", extra
+            )
+            return
         self.answer_error(exchange, 429, "too_many_requests", f"refused by {verdict.reason}", extra)
 
     def answer_error(

@@ -9,13 +9,16 @@ The ``HttpConnection`` that parsed it serves exchanges one after another.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from enum import Enum
 from typing import TYPE_CHECKING
 
 from relay.config.model import HTTPHandlerOptions
 from relay.connector import RelayRefused
+from relay.handlers.http_accounting import account
 from relay.policy import Verdict
 from relay.protocols import http1
+from relay.usage import ANONYMOUS_KEY
 
 if TYPE_CHECKING:
     import asyncio
@@ -34,6 +37,16 @@ class Outcome(Enum):
 
 class Exchange:
     """One request/response pair, from the client's request head to the response's end."""
+
+    # Slots: one object per request whose attributes the per-chunk path reads; past 30
+    # attributes an instance dict loses CPython's shared-key layout and every lookup slows.
+    __slots__ = (
+        "_pending_body", "_pending_size", "_retained_size", "_timer", "body_bytes",
+        "body_chunked", "body_done", "client", "client_keep_alive", "client_left", "conn",
+        "done", "first_byte_at", "head", "is_head", "json_body", "key", "last_activity",
+        "method", "options", "refusal", "request_id", "response_begun", "response_bytes",
+        "retained", "sent_at", "sse", "started_at", "status", "tail", "upstream",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -73,6 +86,15 @@ class Exchange:
         self.refusal: Verdict | None = None
         #: The one timer of this exchange; see ``_check_deadlines``.
         self._timer: asyncio.TimerHandle | None = None
+        #: The client (after trusted proxies) and its API key hash (``relay.usage.key_of``).
+        self.client = ""
+        self.key = ANONYMOUS_KEY
+        #: The response is an SSE stream / a JSON body (set with the response head).
+        self.sse = False
+        self.json_body = False
+        #: The last body chunks, kept (not copied) while usage is counted, for the ``usage``
+        #: object the final SSE event or the JSON body carries; None: not kept.
+        self.tail: deque[bytes] | None = None
 
     # --- request body (from the client parser) ----------------------------------------------
 
@@ -191,8 +213,11 @@ class Exchange:
     def send_to_client(self, data: bytes) -> None:
         self.conn.write(data)
 
-    def send_body(self, data: bytes, payload_len: int) -> None:
-        self.response_bytes += payload_len
+    def send_body(self, data: bytes, payload: bytes) -> None:
+        # DANGER ZONE: once per upstream chunk (per SSE event): one length, at most one append.
+        self.response_bytes += len(payload)
+        if self.tail is not None:
+            self.tail.append(payload)
         self.conn.write(data)
 
     def response_complete(self, reusable: bool) -> None:
@@ -271,3 +296,6 @@ class Exchange:
         stats.request_duration.observe(self.conn.loop.time() - self.started_at)
         stats.request_size.observe(self.body_bytes)
         stats.response_size.observe(self.response_bytes)
+        service = self.conn.service
+        if service.usage is not None or service.access_log is not None:
+            account(self, status, self.conn.loop.time())

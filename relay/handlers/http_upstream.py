@@ -7,6 +7,7 @@ gets chunked encoding): no buffering, so each SSE event leaves as soon as it arr
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from typing import TYPE_CHECKING
 
 import httptools
@@ -18,6 +19,10 @@ if TYPE_CHECKING:
 
 _NO_BODY_STATUS = (204, 304)
 _SSE = b"text/event-stream"
+_JSON = b"application/json"
+#: Body chunks kept for the ``usage`` search: the final SSE event may arrive split over a few
+#: reads, with ``data: [DONE]`` after it.
+TAIL_CHUNKS = 8
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -129,11 +134,16 @@ class UpstreamConnection(asyncio.Protocol):
         self._close_delimited = self._chunked_out and not upstream_chunked
         if self._chunked_out:
             headers.append((b"transfer-encoding", b"chunked"))
-        if any(n.lower() == b"content-type" and v.lower().startswith(_SSE) for n, v in headers):
+        content_type = next((v.lower() for n, v in headers if n.lower() == b"content-type"), b"")
+        exchange.json_body = content_type.startswith(_JSON)
+        if content_type.startswith(_SSE):
+            exchange.sse = True
             # Tell any buffering proxy or CDN in front of us to pass events through at once.
             headers = [(n, v) for n, v in headers if n.lower() != b"cache-control"]
             headers.append((b"cache-control", b"no-cache"))
             headers.append((b"x-accel-buffering", b"no"))
+        if (exchange.sse or exchange.json_body) and exchange.conn.service.usage is not None:
+            exchange.tail = deque(maxlen=TAIL_CHUNKS)
         alt_svc = exchange.conn.service.alt_svc
         if alt_svc is not None:
             # Ours replaces the origin's: it names where *this* host serves HTTP/3.
@@ -153,7 +163,7 @@ class UpstreamConnection(asyncio.Protocol):
         exchange = self.exchange
         if exchange is None:
             return
-        exchange.send_body(http1.chunk(body) if self._chunked_out else body, len(body))
+        exchange.send_body(http1.chunk(body) if self._chunked_out else body, body)
 
     def on_message_complete(self) -> None:
         exchange = self.exchange
