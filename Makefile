@@ -72,3 +72,19 @@ sanity-ansible: venv-ansible
 collection: venv-ansible
 	$(ANSIBLE_ENV) bash collections/build.sh
 # --- end Ansible ----------------------------------------------------------------------------
+
+# --- Reliability (issue 10) -----------------------------------------------------------------
+# make test runs tests/fuzz with a small derandomized budget; `make fuzz` runs the same tests
+# with AICDN_FUZZ_SCALE times the examples, random seeds. `make soak` runs bench/soak.py
+# (several minutes of streams, aborts and reloads; prints RSS/fd/gauge/task figures).
+.PHONY: fuzz soak
+
+FUZZ_SCALE ?= 50
+SOAK_ARGS  ?= --duration 240
+
+fuzz: venv proto
+	AICDN_FUZZ_SCALE=$(FUZZ_SCALE) $(PY) -m pytest -q -p no:cacheprovider tests/fuzz
+
+soak: venv proto
+	$(PY) -m bench.soak $(SOAK_ARGS)
+# --- end Reliability ------------------------------------------------------------------------
