@@ -140,7 +140,10 @@ class RelayNode:
             {"name": name, "connections": slot.runtime.stats.connections_active}
             for name, slot in self._slots.items()
         ]
-        return {"status": "ok", "version": self.config.version, "services": services}
+        # ``tasks``: asyncio tasks alive in this process, so leak checks (bench/soak.py) can see
+        # a handler task left behind without attaching a debugger.
+        tasks = len(asyncio.all_tasks())
+        return {"status": "ok", "version": self.config.version, "services": services, "tasks": tasks}
 
     async def reload_from_source(self) -> RelayConfig:
         """Reload from ``reload_source`` (see ``AdminTarget``), counting success and failure."""
