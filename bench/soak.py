@@ -78,6 +78,17 @@ def sample(relay: RelayProcess, started: float) -> Sample:
     )
 
 
+def fd_kinds(pid: int) -> dict[str, str]:
+    """fd number -> what it is (``socket:[inode]``, ``anon_inode:[eventpoll]``, a path)."""
+    out: dict[str, str] = {}
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            out[fd.name] = str(fd.readlink())
+        except OSError:
+            pass
+    return out
+
+
 def build_config(origin: int, transport: str, pki_dir: Path) -> dict[str, Any]:
     """Edge (http) and core (relay) services in one process, chained over ``transport``."""
     core_port, edge_port = free_port(), free_port()
@@ -215,6 +226,7 @@ async def run(args: argparse.Namespace) -> int:
             await asyncio.sleep(args.settle)  # idle keep-alives and timers run out
             if phase == "warm-up":
                 baseline = sample(relay, started)
+                baseline_fds = fd_kinds(relay.proc.pid)
                 print(f"[baseline] {_line(baseline, counts)}", flush=True)
         final = sample(relay, started)
         print(f"[final] {_line(final, counts)}", flush=True)
@@ -237,7 +249,9 @@ async def run(args: argparse.Namespace) -> int:
         if any(final.active.values()):
             problems.append(f"connections still active: {final.active}")
         if final.fds > baseline.fds:
-            problems.append(f"fds {baseline.fds} -> {final.fds}")
+            final_fds = fd_kinds(relay.proc.pid)
+            new = {fd: kind for fd, kind in final_fds.items() if baseline_fds.get(fd) != kind}
+            problems.append(f"fds {baseline.fds} -> {final.fds} (new: {new})")
         if final.tasks > baseline.tasks:
             problems.append(f"tasks {baseline.tasks} -> {final.tasks}")
         if final.rss_kib > baseline.rss_kib * (1 + args.rss_slack):

@@ -143,7 +143,12 @@ class RelayNode:
         # ``tasks``: asyncio tasks alive in this process, so leak checks (bench/soak.py) can see
         # a handler task left behind without attaching a debugger.
         tasks = len(asyncio.all_tasks())
-        return {"status": "ok", "version": self.config.version, "services": services, "tasks": tasks}
+        return {
+            "status": "ok",
+            "version": self.config.version,
+            "services": services,
+            "tasks": tasks,
+        }
 
     async def reload_from_source(self) -> RelayConfig:
         """Reload from ``reload_source`` (see ``AdminTarget``), counting success and failure."""
@@ -163,6 +168,7 @@ class RelayNode:
 
     async def start(self) -> None:
         self.metrics.config_version.set(self.config.version)
+        warn_insecure_dialers(self.config)
         self._chains = self._build_chains(self.config)
         try:
             for service in self.config.services:
@@ -189,6 +195,7 @@ class RelayNode:
         address cannot be bound, and the node then keeps running what it had.
         """
         chains = self._build_chains(new)
+        warn_insecure_dialers(new)
         runtimes = {s.name: self._runtime(s, new, chains) for s in new.services}
         fresh: dict[str, _Slot] = {}
         try:
@@ -322,3 +329,18 @@ class RelayNode:
             self._policies = {k: v for k, v in self._policies.items() if k[0] != service.name}
             self._policies[key] = kept = policies
         return kept
+
+
+def warn_insecure_dialers(config: RelayConfig) -> None:
+    """Log a warning for every dialer told not to verify its peer's certificate: dialers
+    verify by default, and turning that off must never go unnoticed."""
+    for chain in config.chains:
+        for hop in chain.hops:
+            for node in hop.nodes:
+                tls = node.dialer.tls
+                if node.dialer.type in ("tls", "wss", "quic") and tls and tls.insecure_skip_verify:
+                    log.warning(
+                        "chain %s node %s (%s %s): insecureSkipVerify is set, the peer's "
+                        "certificate is NOT verified; anyone on the path can impersonate it",
+                        chain.name, node.name, node.dialer.type, node.addr,
+                    )  # fmt: skip

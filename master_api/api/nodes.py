@@ -17,7 +17,7 @@ from master_api.api.common import (
     limit_field,
     offset_field,
 )
-from master_api.api.routing import Reply, api_route
+from master_api.api.routing import Reply, api_route, current_identity
 from master_api.api.schema import Field, Schema
 from master_api.errors import ApiError, Conflict, NotFound, Unauthorized
 from master_api.extensions import repos, services, settings
@@ -29,6 +29,7 @@ from master_api.grpc.hub import (
     CommandTimeout,
 )
 from master_api.models import NODE_STATUSES, NODE_TYPES, Node, NodeMetrics
+from master_api.redact import redact_yaml, viewer_only
 from master_api.repos import NodeFilter
 from master_api.services.nodes import NodeInput
 
@@ -288,7 +289,10 @@ def delete_node(node_id: str) -> Any:
 )
 def node_config(node_id: str) -> Any:
     rendered = services().nodes.render(node_id)
-    response = Response(rendered.yaml, mimetype="application/yaml")
+    text = rendered.yaml
+    if viewer_only(current_identity().role):
+        text = redact_yaml(text)  # version and checksum still name the real config
+    response = Response(text, mimetype="application/yaml")
     response.headers["X-Config-Version"] = str(rendered.version_id)
     response.headers["X-Config-Checksum"] = rendered.checksum
     response.headers["ETag"] = f'"{rendered.checksum}"'
