@@ -224,6 +224,21 @@ def create_node(body: NodeInput) -> Any:
 
 @api_route(
     bp,
+    "/nodes/<node_id>/token",
+    "POST",
+    summary="Rotate the node's agent token: the answer carries the new one, shown this once; "
+    "the old one is refused (by other masters after agent_auth_ttl)",
+    access="operator",
+    replies=[Reply(200, "Rotated", shapes.NODE_CREATED), _NOT_FOUND],
+)
+def rotate_node_token(node_id: str) -> Any:
+    node, token = services().nodes.rotate_token(node_id)
+    g.aicdn_target = node.id
+    return {**_node_json(node), "token": token}
+
+
+@api_route(
+    bp,
     "/nodes/<node_id>",
     "GET",
     summary="Get a node",

@@ -147,3 +147,49 @@ def test_viewers_read_configs_with_secrets_redacted(
 
     diff = viewer.get(f"/api/v1/configs/{first}/diff/{second}").json["diff"]
     assert diff and not _secrets_in(diff) and "other-pass-1" not in diff
+
+
+# --- agent tokens ------------------------------------------------------------------------------
+
+
+def test_agent_tokens_rotate_and_the_old_one_is_refused(
+    app: Any, client: Any, operator: Caller, viewer: Caller
+) -> None:
+    from master_api.errors import Unauthorized
+    from master_api.extensions import services
+
+    node = register(operator, "edge-9", "edge", "hk")
+    old = node["token"]
+    beat = {"metrics": {}, "applied_version": None}
+
+    def heartbeat(token: str) -> int:
+        answer = client.post(
+            f"/api/v1/nodes/{node['id']}/heartbeat",
+            json=beat,
+            headers={"Authorization": f"Bearer {token}"},
+            environ_base={"REMOTE_ADDR": "127.0.0.1"},
+        )
+        return int(answer.status_code)
+
+    assert heartbeat(old) == 200
+    with app.app_context():  # the AgentService path, which remembers authenticated nodes
+        services().nodes.authenticate(node["id"], old, max_age=30.0)
+
+    assert viewer.post(f"/api/v1/nodes/{node['id']}/token").status_code == 403
+    rotated = operator.post(f"/api/v1/nodes/{node['id']}/token")
+    assert rotated.status_code == 200
+    new = rotated.json["token"]
+    assert new != old and rotated.json["id"] == node["id"]
+
+    assert heartbeat(old) == 401
+    assert heartbeat(new) == 200
+    with app.app_context():
+        try:
+            services().nodes.authenticate(node["id"], old, max_age=30.0)
+        except Unauthorized:
+            pass
+        else:
+            raise AssertionError("a remembered node accepted its revoked token")
+        services().nodes.authenticate(node["id"], new, max_age=30.0)
+    assert operator.post("/api/v1/nodes/nope/token").status_code == 404
+    assert "token" not in operator.get(f"/api/v1/nodes/{node['id']}").json
