@@ -226,7 +226,8 @@ async def run(args: argparse.Namespace) -> int:
                 print(f"[{phase}] {_line(s, counts)}", flush=True)
             stop.set()
             await asyncio.gather(*tasks)
-            await asyncio.sleep(args.settle)  # idle keep-alives and timers run out
+            # Idle keep-alives, timers and pooled tunnels run out.
+            await asyncio.sleep(args.settle if phase == "soak" else args.warmup_settle)
             if phase == "warm-up":
                 baseline = sample(relay, started)
                 baseline_fds = fd_kinds(relay.proc.pid)
@@ -292,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--every", type=float, default=10.0, help="sampling seconds (10)")
     # Longer than the upstream pool's idle timeout (30 s): pooled tunnels must be gone too.
     parser.add_argument("--settle", type=float, default=40.0, help="idle seconds at the end")
+    parser.add_argument(
+        "--warmup-settle", type=float, default=40.0, help="idle seconds before the baseline"
+    )
     parser.add_argument("--rss-slack", type=float, default=0.25, help="allowed RSS growth")
     parser.add_argument("--seed", type=int, default=1)
     return asyncio.run(run(parser.parse_args(argv)))
