@@ -15,10 +15,13 @@ import argparse
 import asyncio
 import json
 import random
+import signal
 import socket
 import struct
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -56,7 +59,7 @@ class Counts:
 
 
 def _get(url: str) -> bytes:
-    with urllib.request.urlopen(url, timeout=5) as answer:
+    with urllib.request.urlopen(url, timeout=30) as answer:
         return bytes(answer.read())
 
 
@@ -203,6 +206,11 @@ async def run(args: argparse.Namespace) -> int:
         await asyncio.to_thread(_wait, f"http://127.0.0.1:{origin_port}/healthz")
         config = build_config(origin_port, args.transport, workdir)
         relay = RelayProcess(config, workdir)
+        # RelayProcess pipes stderr for tests that read it at the end; over minutes its log
+        # would fill the pipe and block the relay, so it is copied to a file as it comes.
+        log_path = workdir / "relay.log"
+        drain = threading.Thread(target=_copy, args=(relay.proc.stderr, log_path), daemon=True)
+        drain.start()
         config = yaml.safe_load(relay.path.read_text())
         edge_port = int(config["services"][0]["addr"].rsplit(":", 1)[1])
         started = time.monotonic()
@@ -248,6 +256,7 @@ async def run(args: argparse.Namespace) -> int:
             "reloads": counts.reloads,
             "errors": counts.errors,
         }
+        report["log_lines"] = _log_summary(log_path)
         print(json.dumps(report, indent=2))
         problems = []
         if any(final.active.values()):
@@ -264,11 +273,35 @@ async def run(args: argparse.Namespace) -> int:
         return 1 if problems else 0
     finally:
         if relay is not None:
-            err = relay.stop()
-            if "Traceback" in err:
-                print(err[-3000:], file=sys.stderr)
+            relay.proc.send_signal(signal.SIGTERM)  # not relay.stop(): the drain reads stderr
+            try:
+                relay.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                relay.proc.kill()
+                relay.proc.wait()
+            text = (workdir / "relay.log").read_text(errors="replace")
+            if "Traceback" in text:
+                print(text[-3000:], file=sys.stderr)
         origin.terminate()
         await origin.wait()
+
+
+def _copy(stream: Any, path: Path) -> None:
+    with path.open("wb") as out:
+        for line in stream:
+            out.write(line)
+            out.flush()
+
+
+def _log_summary(path: Path) -> dict[str, int]:
+    """How many relay log lines of each level (``WARNING``...) the run produced."""
+    counts: dict[str, int] = {}
+    for line in path.read_text(errors="replace").splitlines():
+        for level in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            if f" {level} " in line or f'"level": "{level.lower()}"' in line.lower():
+                counts[level] = counts.get(level, 0) + 1
+                break
+    return counts
 
 
 def _wait(url: str, timeout: float = 10.0) -> None:

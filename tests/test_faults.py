@@ -43,6 +43,11 @@ async def eventually(predicate: Any, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.1)
 
 
+def _tasks(relay: RelayProcess) -> int:
+    """asyncio tasks alive in the relay process (its /healthz says)."""
+    return int(json.loads(wait_http(f"http://127.0.0.1:{relay.api}/healthz"))["tasks"])
+
+
 def established_to(port_: int) -> int:
     """TCP connections in ESTABLISHED state whose remote end is 127.0.0.1:``port_``, from
     /proc/net/tcp: what the kernel says, whatever the relay believes."""
@@ -178,6 +183,7 @@ async def test_clients_leaving_mid_stream_close_the_upstream_and_leave_nothing_o
     edge_core: Any, origin_process: int
 ) -> None:
     relay, edge_port = edge_core
+    tasks_before = _tasks(relay)
     writers = []
     for i in range(20):
         reader, writer = await asyncio.open_connection("127.0.0.1", edge_port)
@@ -201,6 +207,7 @@ async def test_clients_leaving_mid_stream_close_the_upstream_and_leave_nothing_o
     await eventually(lambda: gauge(relay, "aicdn_connections_active", "core") == 0, timeout=5)
     fds = len(os.listdir(f"/proc/{relay.proc.pid}/fd"))
     assert fds < 40, fds  # listeners, metrics, api, loop: no socket per vanished client
+    await eventually(lambda: _tasks(relay) <= tasks_before, timeout=5)  # no task left behind
 
 
 # --- QUIC over a lossy link ------------------------------------------------------------------
