@@ -398,14 +398,15 @@ class HttpConnection(asyncio.Protocol):
             self._keepalive_timer = self.loop.call_at(self._next_wake(), self._keepalive_check)
 
     def _next_wake(self) -> float:
-        # While idle, wake at least every headerTimeout: a head that starts arriving in between
-        # is then cut off at most one headerTimeout late, with no timer operation per request.
+        # Wake at least every headerTimeout: a head that starts arriving in between is seen at
+        # the next wake, which is before its deadline, and the timer then sleeps until exactly
+        # that deadline. No timer operation per request; a wake per headerTimeout per connection.
         now = self.loop.time()
         options = self.options
         if self._head_started is not None:
             return self._head_started + options.header_timeout
-        if self._idle_since is None:
-            return now + options.keepalive_timeout  # busy: look again later
+        if self._idle_since is None:  # busy: only a pipelined head can be due
+            return now + min(options.keepalive_timeout, options.header_timeout)
         return min(self._idle_since + options.keepalive_timeout, now + options.header_timeout)
 
     def _keepalive_check(self) -> None:
