@@ -37,6 +37,16 @@ class _Collector:
         self.answers[-1].complete = True
 
 
+def first_answer(data: bytes) -> Answer | None:
+    """The first response in ``data``, whatever bytes follow it (None if its head is bad)."""
+    collector = _Collector()
+    try:
+        collector.parser.feed_data(data)
+    except httptools.HttpParserError:
+        pass
+    return collector.answers[0] if collector.answers and collector.answers[0].status else None
+
+
 def parse_answers(data: bytes) -> list[Answer]:
     """The responses in ``data``, in order; the last may be incomplete (a broken stream).
     Raises AssertionError when ``data`` is not HTTP/1.1 responses."""
