@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # pymongo's DEBUG records carry whole commands and replies: config YAML with relay
+    # passwords, user documents. Never below INFO, whatever the master's own level.
+    logging.getLogger("pymongo").setLevel(max(logging.INFO, logging.getLogger().level))
     try:
         if args.command == "serve":
             return serve(settings)

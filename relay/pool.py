@@ -5,11 +5,14 @@ SSE request that finds an idle one starts at once. Connections are kept per dest
 first-hop node and target the selectors chose), so pooling never overrides node selection or
 fail-back. Each destination's list is LIFO (the most recently used connection is the least
 likely to have been closed by its peer) and bounded, and connections idle longer than
-``idle_timeout`` are dropped.
+``idle_timeout`` are dropped: when the pool is next used, or by a sweep timer (one per pool,
+armed only while it holds connections), so a pool nobody uses any more does not hold its
+tunnels, and the origin connections behind them, forever.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from collections.abc import Hashable
 from typing import Generic, Protocol, TypeVar
@@ -31,6 +34,7 @@ class UpstreamPool(Generic[T]):
         self.max_idle = max_idle
         self.idle_timeout = idle_timeout
         self._idle: dict[Hashable, deque[tuple[T, float]]] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
 
     def __len__(self) -> int:
         return sum(len(idle) for idle in self._idle.values())
@@ -58,8 +62,32 @@ class UpstreamPool(Generic[T]):
             oldest, _ = idle.popleft()
             oldest.close()
         idle.append((connection, now))
+        if self._sweeper is None:
+            loop = asyncio.get_running_loop()
+            self._sweeper = loop.call_at(now + self.idle_timeout, self._sweep, loop)
+
+    def expire(self, now: float) -> None:
+        """Close the connections idle longer than ``idle_timeout`` (and forget closed ones)."""
+        for key in list(self._idle):
+            idle = self._idle[key]
+            while idle and (idle[0][0].closed or now - idle[0][1] > self.idle_timeout):
+                stale, _ = idle.popleft()
+                stale.close()
+            if not idle:
+                del self._idle[key]
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._sweeper = None
+        now = loop.time()
+        self.expire(now)
+        if self._idle:
+            oldest = min(idle[0][1] for idle in self._idle.values())
+            self._sweeper = loop.call_at(oldest + self.idle_timeout + 0.001, self._sweep, loop)
 
     def close_all(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for idle in self._idle.values():
             while idle:
                 connection, _ = idle.pop()

@@ -157,7 +157,15 @@ class RelayNode:
             {"name": name, "connections": slot.runtime.stats.connections_active}
             for name, slot in self._slots.items()
         ]
-        return {"status": "ok", "version": self.config.version, "services": services}
+        # ``tasks``: asyncio tasks alive in this process, so leak checks (bench/soak.py) can see
+        # a handler task left behind without attaching a debugger.
+        tasks = len(asyncio.all_tasks())
+        return {
+            "status": "ok",
+            "version": self.config.version,
+            "services": services,
+            "tasks": tasks,
+        }
 
     async def reload_from_source(self) -> RelayConfig:
         """Reload from ``reload_source`` (see ``AdminTarget``), counting success and failure."""
@@ -178,6 +186,7 @@ class RelayNode:
     async def start(self) -> None:
         self.metrics.config_version.set(self.config.version)
         self._open_access_log(self.config)
+        warn_insecure_dialers(self.config)
         self._chains = self._build_chains(self.config)
         try:
             for service in self.config.services:
@@ -209,6 +218,7 @@ class RelayNode:
         chains = self._build_chains(new)
         previous_log = self.access_log
         self._open_access_log(new)
+        warn_insecure_dialers(new)
         runtimes = {s.name: self._runtime(s, new, chains) for s in new.services}
         fresh: dict[str, _Slot] = {}
         rotations: list[Callable[[], None]] = []
@@ -375,3 +385,18 @@ class RelayNode:
             self._policies = {k: v for k, v in self._policies.items() if k[0] != service.name}
             self._policies[key] = kept = policies
         return kept
+
+
+def warn_insecure_dialers(config: RelayConfig) -> None:
+    """Log a warning for every dialer told not to verify its peer's certificate: dialers
+    verify by default, and turning that off must never go unnoticed."""
+    for chain in config.chains:
+        for hop in chain.hops:
+            for node in hop.nodes:
+                tls = node.dialer.tls
+                if node.dialer.type in ("tls", "wss", "quic") and tls and tls.insecure_skip_verify:
+                    log.warning(
+                        "chain %s node %s (%s %s): insecureSkipVerify is set, the peer's "
+                        "certificate is NOT verified; anyone on the path can impersonate it",
+                        chain.name, node.name, node.dialer.type, node.addr,
+                    )  # fmt: skip

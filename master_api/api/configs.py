@@ -20,6 +20,7 @@ from master_api.api.routing import Reply, api_route, current_identity
 from master_api.api.schema import INT64_MAX, Field, Schema
 from master_api.extensions import repos, services
 from master_api.models import NODE_TYPES
+from master_api.redact import redact_data, redact_yaml, viewer_only
 from master_api.services.configs import DEFAULT_CONFIG_TYPE, DraftInput, RollbackInput
 from relay.config.fleet import TEMPLATES, template_params
 
@@ -149,7 +150,11 @@ _NOT_FOUND = Reply(404, "No such version", shapes.ERROR)
 
 def _version_json(version_id: int) -> dict[str, Any]:
     configs = services().configs
-    return configs.get(version_id).to_json(configs.active_regions(version_id))
+    doc = configs.get(version_id).to_json(configs.active_regions(version_id))
+    if viewer_only(current_identity().role):
+        doc["config_data"] = redact_yaml(doc["config_data"])
+        doc["params"] = redact_data(doc["params"])
+    return doc
 
 
 @api_route(
@@ -359,4 +364,7 @@ def rollback_config(body: RollbackInput) -> Any:
     replies=[Reply(200, "The diff (empty when equal)", shapes.DIFF), _NOT_FOUND],
 )
 def diff_configs(a: int, b: int) -> Any:
-    return {"from_version": a, "to_version": b, "diff": services().configs.diff(a, b)}
+    diff = services().configs.diff(a, b)
+    if viewer_only(current_identity().role):
+        diff = redact_yaml(diff)
+    return {"from_version": a, "to_version": b, "diff": diff}

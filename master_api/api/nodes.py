@@ -17,7 +17,7 @@ from master_api.api.common import (
     limit_field,
     offset_field,
 )
-from master_api.api.routing import Reply, api_route
+from master_api.api.routing import Reply, api_route, current_identity
 from master_api.api.schema import Field, Schema
 from master_api.errors import ApiError, Conflict, NotFound, Unauthorized
 from master_api.extensions import repos, services, settings
@@ -29,6 +29,7 @@ from master_api.grpc.hub import (
     CommandTimeout,
 )
 from master_api.models import NODE_STATUSES, NODE_TYPES, Node, NodeMetrics
+from master_api.redact import redact_yaml, viewer_only
 from master_api.repos import NodeFilter
 from master_api.services.nodes import NodeInput
 
@@ -223,6 +224,21 @@ def create_node(body: NodeInput) -> Any:
 
 @api_route(
     bp,
+    "/nodes/<node_id>/token",
+    "POST",
+    summary="Rotate the node's agent token: the answer carries the new one, shown this once; "
+    "the old one is refused (by other masters after agent_auth_ttl)",
+    access="operator",
+    replies=[Reply(200, "Rotated", shapes.NODE_CREATED), _NOT_FOUND],
+)
+def rotate_node_token(node_id: str) -> Any:
+    node, token = services().nodes.rotate_token(node_id)
+    g.aicdn_target = node.id
+    return {**_node_json(node), "token": token}
+
+
+@api_route(
+    bp,
     "/nodes/<node_id>",
     "GET",
     summary="Get a node",
@@ -288,7 +304,10 @@ def delete_node(node_id: str) -> Any:
 )
 def node_config(node_id: str) -> Any:
     rendered = services().nodes.render(node_id)
-    response = Response(rendered.yaml, mimetype="application/yaml")
+    text = rendered.yaml
+    if viewer_only(current_identity().role):
+        text = redact_yaml(text)  # version and checksum still name the real config
+    response = Response(text, mimetype="application/yaml")
     response.headers["X-Config-Version"] = str(rendered.version_id)
     response.headers["X-Config-Checksum"] = rendered.checksum
     response.headers["ETag"] = f'"{rendered.checksum}"'

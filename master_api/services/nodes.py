@@ -160,6 +160,17 @@ class NodeService:
         self._repos.nodes.create(node)
         return node, token
 
+    def rotate_token(self, node_id: str) -> tuple[Node, str]:
+        """Give ``node_id`` a new agent token (returned once, like at registration); the old
+        one is refused from now on by this process, and by other masters once their
+        ``agent_auth_ttl`` of remembered nodes has passed. 404 when the node is missing."""
+        token = secrets.token_urlsafe(32)
+        node = self._repos.nodes.update(node_id, {"token_hash": hash_token(token)}, self._clock())
+        self.forget(node_id)
+        if node is None:
+            raise NotFound(f"node {node_id!r} does not exist")
+        return node, token
+
     def get(self, node_id: str) -> Node:
         node = self._repos.nodes.get(node_id)
         if node is None:

@@ -119,6 +119,12 @@ class HTTPHandlerOptions:
     retry_buffer: int = 1 << 20
     #: Longest request head accepted from a client.
     max_header_size: int = 64 * 1024
+    #: Longest request body accepted (bytes); a larger one is answered 413. 0 disables.
+    #: Checked against ``Content-Length`` up front and counted as a chunked body streams.
+    max_body_size: int = 64 * 1024 * 1024
+    #: A request head must arrive within this long of its first byte, else 408 and close
+    #: (slowloris: heads dribbled in byte by byte would otherwise hold a connection forever).
+    header_timeout: float = 30.0
     #: Peers (IPs/CIDRs) whose ``X-Forwarded-For`` is believed: the client IP is then the
     #: rightmost address in it that is not itself a trusted proxy.
     trusted_proxies: tuple[str, ...] = ()

@@ -208,6 +208,8 @@ class _Renderer:
             "keepaliveTimeout": duration(http.keepalive_timeout),
             "retryBuffer": http.retry_buffer,
             "maxHeaderSize": http.max_header_size,
+            "maxBodySize": http.max_body_size,
+            "headerTimeout": duration(http.header_timeout),
             **({"trustedProxies": list(http.trusted_proxies)} if http.trusted_proxies else {}),
             **self.metadata(handler.metadata),
         }

@@ -178,6 +178,8 @@ def _http_options(
         keepalive_timeout=duration("keepaliveTimeout", default.keepalive_timeout, True),
         retry_buffer=integer("retryBuffer", default.retry_buffer, 0),
         max_header_size=integer("maxHeaderSize", default.max_header_size, 1),
+        max_body_size=integer("maxBodySize", default.max_body_size, 0),  # 0 disables
+        header_timeout=duration("headerTimeout", default.header_timeout, True),
         trusted_proxies=_ip_or_cidr_list(
             ctx, _take(ctx, meta, "trustedProxies", path) or [], _key(path, "trustedProxies")
         ),

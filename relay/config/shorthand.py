@@ -12,7 +12,8 @@ URL form: ``scheme://[user[:pass]@]host:port[/target[,target...]][?key=value&...
   only reaches 127.0.0.1:8000); ``user:pass@`` the handler's auth.
 * query: ``path``, ``keepalive`` (listener); ``certFile``, ``keyFile``, ``caFile`` (listener
   TLS); ``ttfbTimeout``, ``idleTimeout``, ``totalTimeout``, ``keepaliveTimeout``,
-  ``retryBuffer``, ``maxHeaderSize``, ``sseHeartbeat`` (handler); ``bufferSize`` (service).
+  ``retryBuffer``, ``maxHeaderSize``, ``maxBodySize``, ``headerTimeout``, ``sseHeartbeat``
+  (handler); ``bufferSize`` (service).
 
 ``-F`` (one hop each, in order, of the single chain ``chain-0`` that every service uses):
 
@@ -56,11 +57,13 @@ _HANDLER_META = (
     "retryBuffer",
     "maxHeaderSize",
     "sseHeartbeat",
+    "maxBodySize",
+    "headerTimeout",
 )
 _SERVICE_META = ("bufferSize",)
 _DIALER_META = ("path", "host", "keepalive", "timeout")
 _DIALER_TLS = ("serverName", "insecureSkipVerify", *_TLS_FILES)
-_INT_PARAMS = ("retryBuffer", "maxHeaderSize", "bufferSize")
+_INT_PARAMS = ("retryBuffer", "maxHeaderSize", "bufferSize", "maxBodySize")
 _BOOL_PARAMS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 

@@ -10,6 +10,9 @@ it is cheap enough in CPU that one process can drive ~10,000 concurrent token st
   at its own time and stamped with ``sent_at`` (``time.time()`` when written) and ``seq``; then a
   ``finish_reason: "stop"`` event, ``data: [DONE]`` and the terminating zero chunk. Otherwise a
   plain ``chat.completion`` JSON object with Content-Length (sent after ``ttfb_ms``).
+  Misbehaviour on request, for fault tests: ``fault`` ``"hang"`` (accept the request, never
+  answer), ``"stall"`` (stop sending after ``fault_after`` tokens, keep the connection open) or
+  ``"reset"`` (reset the connection after ``fault_after`` tokens, mid-body).
 * ``GET /v1/models``: a small model list. ``GET /healthz``: ``200 ok``.
 * ``GET /bytes?n=N``: ``N`` body bytes with Content-Length, generated block by block and paced by
   transport flow control, so ``N`` may be several GiB. Byte ``k`` of the body is

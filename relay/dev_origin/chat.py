@@ -18,6 +18,9 @@ DEFAULT_MODEL = "dev-origin"
 _MAX_TOKENS_LIMIT = 10_000_000
 _MAX_DELAY_MS = 3_600_000.0
 
+#: ``fault`` values: accept and never answer; stop mid-stream; reset mid-body.
+FAULTS = ("hang", "stall", "reset")
+
 _ids = itertools.count(1)
 _ID_PREFIX = os.urandom(3).hex()
 
@@ -26,7 +29,8 @@ class _ChatParams:
     """The validated fields of a chat completion request."""
 
     __slots__ = (
-        "include_usage", "interval", "max_tokens", "model", "prompt_tokens", "stream", "ttfb",
+        "fault", "fault_after", "include_usage", "interval", "max_tokens", "model",
+        "prompt_tokens", "stream", "ttfb",
     )  # fmt: skip
 
     def __init__(self, body: bytes) -> None:
@@ -60,6 +64,12 @@ class _ChatParams:
         )
         self.interval = _number(doc, "interval_ms", DEFAULT_INTERVAL_MS, _MAX_DELAY_MS) / 1000.0
         self.ttfb = _number(doc, "ttfb_ms", 0.0, _MAX_DELAY_MS) / 1000.0
+        fault = doc.get("fault")
+        if fault is not None and fault not in FAULTS:
+            raise _HttpError(400, f"'fault' must be one of {', '.join(FAULTS)}")
+        #: Misbehaviour asked for by a fault test (see the package docstring), or None.
+        self.fault: str | None = fault
+        self.fault_after = int(_number(doc, "fault_after", 0, _MAX_TOKENS_LIMIT, True))
 
 
 def _number(

@@ -42,8 +42,24 @@ class _DelayedResponse:
         self._proto.send(self._request, 200, self._body)
 
 
+class _Hang:
+    """A response that never comes (``fault: "hang"``): the connection stays open, silent."""
+
+    def cancel(self) -> None:
+        pass
+
+    def pause_writing(self) -> None:
+        pass
+
+    def resume_writing(self) -> None:
+        pass
+
+
 def _handle_chat(proto: _OriginProtocol, request: _Request, path: str, query: str) -> None:
     params = _ChatParams(bytes(request.body))
+    if params.fault == "hang":
+        proto.start_job(_Hang())
+        return
     if params.stream:
         _SseStream(proto, request, params)
         return

@@ -4,6 +4,8 @@ its own ``_Ticker`` tick."""
 from __future__ import annotations
 
 import json
+import socket
+import struct
 import time
 
 from relay.dev_origin.chat import _ChatParams, _completion_id
@@ -31,6 +33,8 @@ class _SseStream:
         "_chunked",
         "_count",
         "_dead",
+        "_fault",
+        "_fault_after",
         "_first",
         "_interval",
         "_keep_alive",
@@ -51,6 +55,8 @@ class _SseStream:
         self._interval = params.interval
         self._seq = 0
         self._dead = False
+        self._fault = params.fault
+        self._fault_after = params.fault_after
         created = int(time.time())
         head = '{"id":%s,"object":"chat.completion.chunk","created":%d,"model":%s,"choices":'
         self._prefix = (
@@ -84,6 +90,9 @@ class _SseStream:
         if self._dead:
             return
         seq = self._seq
+        if self._fault is not None and seq == self._fault_after:
+            self._misbehave()
+            return
         if seq < self._count:
             payload = (
                 b'data: %s[{"index":0,"delta":{"content":"tok%d "},"finish_reason":null}],'
@@ -98,6 +107,16 @@ class _SseStream:
             self._proto.ticker.call_at(self._first + (seq + 1) * self._interval, self)
             return
         self._finish_stream()
+
+    def _misbehave(self) -> None:
+        """``stall``: write nothing more, keep the connection open. ``reset``: an RST now
+        (SO_LINGER 0), mid-body, as a crashing model server would."""
+        self._dead = True
+        if self._fault == "reset":
+            sock = self._transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self._transport.abort()
 
     def _finish_stream(self) -> None:
         payload = (

@@ -47,6 +47,8 @@ class HttpConnection(asyncio.Protocol):
         self._url = b""
         self._headers: http1.Headers = []
         self._head_bytes = 0
+        #: When the first byte of the request head being parsed arrived (headerTimeout).
+        self._head_started: float | None = None
         self._current: Exchange | None = None  # being parsed
         self._queue: deque[Exchange] = deque()
         self._wakeup: asyncio.Event = asyncio.Event()
@@ -144,6 +146,7 @@ class HttpConnection(asyncio.Protocol):
         self._url = b""
         self._headers = []
         self._head_bytes = 0
+        self._head_started = self.loop.time()
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -155,6 +158,7 @@ class HttpConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._idle_since = None  # busy until the exchange is done
+        self._head_started = None
         if self._head_bytes > self.options.max_header_size:
             return  # answered with 431 once feed_data returns
         parser = self._parser
@@ -193,6 +197,8 @@ class HttpConnection(asyncio.Protocol):
         headers.append((b"Connection", b"keep-alive"))
         head = http1.request_head(method, self._url, headers)
         exchange = Exchange(self, method, head, request_id, parser.should_keep_alive(), chunked)
+        if not chunked and self._declared_length() > self.options.max_body_size > 0:
+            self._body_too_large(exchange)
         client = self.service.client_ip(self.peer_ip, forwarded)
         exchange.client = client
         exchange.key = self._key(authorization, api_key)
@@ -210,8 +216,30 @@ class HttpConnection(asyncio.Protocol):
             self._worker = self.loop.create_task(self._serve_loop())
 
     def on_body(self, body: bytes) -> None:
-        if self._current is not None:
-            self._current.feed_body(body)
+        exchange = self._current
+        if exchange is None or exchange.oversized:
+            return
+        limit = self.options.max_body_size
+        if limit and exchange.body_bytes + len(body) > limit:
+            self._body_too_large(exchange)
+            return
+        exchange.feed_body(body)
+
+    def _declared_length(self) -> int:
+        for name, value in self._headers:
+            if name.lower() == b"content-length":
+                return int(value) if value.strip().isdigit() else 0  # httptools checked it
+        return 0
+
+    def _body_too_large(self, exchange: Exchange) -> None:
+        """The request body exceeds ``maxBodySize``: stop reading the client and answer 413
+        (the exchange, or ``_serve`` once it gets to it), then close: the rest of the body is
+        never read."""
+        exchange.oversized = True
+        self.service.block("body_too_large")
+        self.pause_reading_for_body("oversized")
+        if exchange is self._active and exchange.upstream is not None:
+            exchange.body_too_large(self.options.max_body_size)
 
     def on_message_complete(self) -> None:
         if self._current is not None:
@@ -261,6 +289,9 @@ class HttpConnection(asyncio.Protocol):
         if exchange.refusal is not None:
             self._refuse(exchange, exchange.refusal)
             return exchange.body_done and self._refusal is None
+        if exchange.oversized:
+            exchange.body_too_large(self.options.max_body_size)
+            return False
         tried: set[str] = set()
         for _attempt in range(MAX_ATTEMPTS):
             route = self.service.route(self.peer_ip)
@@ -276,8 +307,10 @@ class HttpConnection(asyncio.Protocol):
                     self.service.metrics.upstream_error(self.service.name, exc.node, "connect")
                     self.answer_error(exchange, 502, "bad_gateway", str(exc))
                     return exchange.body_done
-                if exchange.client_left:
+                if exchange.client_left or exchange.oversized:
                     dialed.transport.close()
+                    if exchange.oversized:
+                        exchange.body_too_large(self.options.max_body_size)
                     return False
                 # Pooled under where it really leads: failover may have picked another node.
                 pool_key = (dialed.node, str(route.target))
@@ -385,22 +418,40 @@ class HttpConnection(asyncio.Protocol):
 
     def _arm_keepalive(self) -> None:
         """The connection is idle from now on. One lazily re-armed timer per connection closes
-        it after ``keepaliveTimeout`` idle (which also bounds how long a request head may take
-        to arrive); requests only store a timestamp."""
+        it after ``keepaliveTimeout`` idle, and a request head after ``headerTimeout``;
+        requests only store timestamps."""
         self._idle_since = self.loop.time()
         if self._keepalive_timer is None:
-            self._keepalive_timer = self.loop.call_at(
-                self._idle_since + self.options.keepalive_timeout, self._keepalive_check
-            )
+            self._keepalive_timer = self.loop.call_at(self._next_wake(), self._keepalive_check)
+
+    def _next_wake(self) -> float:
+        # Wake at least every headerTimeout: a head that starts arriving in between is seen at
+        # the next wake, which is before its deadline, and the timer then sleeps until exactly
+        # that deadline. No timer operation per request; a wake per headerTimeout per connection.
+        now = self.loop.time()
+        options = self.options
+        if self._head_started is not None:
+            return self._head_started + options.header_timeout
+        if self._idle_since is None:  # busy: only a pipelined head can be due
+            return now + min(options.keepalive_timeout, options.header_timeout)
+        return min(self._idle_since + options.keepalive_timeout, now + options.header_timeout)
 
     def _keepalive_check(self) -> None:
         self._keepalive_timer = None
         if self._closing:
             return
-        timeout = self.options.keepalive_timeout
+        now = self.loop.time()
+        options = self.options
+        started = self._head_started
+        if started is not None and now >= started + options.header_timeout:
+            message = (
+                f"request head not complete within headerTimeout ({options.header_timeout:g}s)"
+            )
+            self.service.block("header_timeout")
+            self._reject(408, "request_timeout", message)
+            return
         since = self._idle_since
-        due = self.loop.time() + timeout if since is None else since + timeout  # busy: later
-        if self.loop.time() >= due:
+        if started is None and since is not None and now >= since + options.keepalive_timeout:
             self.close()
-        else:
-            self._keepalive_timer = self.loop.call_at(due, self._keepalive_check)
+            return
+        self._keepalive_timer = self.loop.call_at(self._next_wake(), self._keepalive_check)

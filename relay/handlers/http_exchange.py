@@ -84,6 +84,8 @@ class Exchange:
         self.client_left = False
         #: Set when a policy refused the request: it is answered 429 and never sent upstream.
         self.refusal: Verdict | None = None
+        #: The body outgrew ``maxBodySize``: answered 413, the rest of it is never read.
+        self.oversized = False
         #: The one timer of this exchange; see ``_check_deadlines``.
         self._timer: asyncio.TimerHandle | None = None
         #: The client (after trusted proxies) and its API key hash (``relay.usage.key_of``).
@@ -276,6 +278,31 @@ class Exchange:
             self.conn.abort()
         else:
             self.conn.answer_error(self, status, error, message)
+        if not self.done.done():
+            self.done.set_result(Outcome.FAILED)
+
+    def body_too_large(self, limit: int) -> None:
+        """End the exchange because the request body exceeds ``limit`` (``maxBodySize``):
+        413 while no response has begun, else a broken response. The upstream, which saw
+        only part of the body, is aborted; the client connection is not kept."""
+        if self.done.done():
+            return
+        self._cancel_timers()
+        log.info(
+            "service %s request %s: body over %d bytes",
+            self.conn.service.name,
+            self.request_id.decode(),
+            limit,
+        )
+        if self.upstream is not None:
+            self.upstream.exchange = None
+            self.upstream.transport.abort()
+        if self.response_begun:
+            self._record(self.status)
+            self.conn.abort()
+        else:
+            message = f"request body exceeds maxBodySize ({limit} bytes)"
+            self.conn.answer_error(self, 413, "payload_too_large", message)
         if not self.done.done():
             self.done.set_result(Outcome.FAILED)
 

@@ -115,9 +115,12 @@ def test_lifecycle_publish_rollback_history_diff(operator: Caller, viewer: Calle
     rollbacks = viewer.get("/api/v1/configs/rollbacks").json["items"]
     assert [(r["from_version"], r["to_version"]) for r in rollbacks] == [(v1, v2), (v2, v1)]
 
-    diff = viewer.get(f"/api/v1/configs/{v1}/diff/{v2}").json["diff"]
+    diff = operator.get(f"/api/v1/configs/{v1}/diff/{v2}").json["diff"]
     assert diff.startswith(f"--- version {v1}\n+++ version {v2}\n")
     assert "\n-          password: s3cret-pass\n+          password: other-pass\n" in diff
+    # A viewer sees that the password changed, not what it is (issue 10: redacted for viewers).
+    seen = viewer.get(f"/api/v1/configs/{v1}/diff/{v2}").json["diff"]
+    assert '\n-          password: "***"\n+          password: "***"\n' in seen
     assert viewer.get(f"/api/v1/configs/{v1}/diff/{v1}").json["diff"] == ""
     assert viewer.get(f"/api/v1/configs/{v1}/diff/999999").status_code == 404
 
