@@ -44,8 +44,9 @@ class Exchange:
         "_pending_body", "_pending_size", "_retained_size", "_timer", "body_bytes",
         "body_chunked", "body_done", "client", "client_keep_alive", "client_left", "conn",
         "done", "first_byte_at", "head", "is_head", "json_body", "key", "last_activity",
-        "method", "options", "refusal", "request_id", "response_begun", "response_bytes",
-        "retained", "sent_at", "sse", "started_at", "status", "tail", "upstream",
+        "method", "options", "oversized", "refusal", "request_id", "response_begun",
+        "response_bytes", "retained", "sent_at", "sse", "started_at", "status", "tail",
+        "upstream",
     )  # fmt: skip
 
     def __init__(
