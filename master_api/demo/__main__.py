@@ -1,7 +1,8 @@
 """``make demo``: the whole loop on this machine, driven through the master.
 
-1. Start the master (with its embedded store), create an operator, boot two podman hosts and
-   register them as a core (cn) and an edge (hk); the LLM-like origin runs on this machine.
+1. Start the master (with its embedded store), create an operator, boot two podman hosts
+   (local-connection hosts where podman cannot run) and register them as a core (cn) and an
+   edge (hk); the LLM-like origin runs on this machine.
 2. Publish core and edge configs and deploy the relay through ``POST /deployments``: the
    playbooks run through ansible-runner and their events print live.
 3. Stream a chat completion with the OpenAI SDK through edge -> core (TLS 1.3) -> origin,
@@ -74,8 +75,10 @@ def hot_change(
         daemon=True,
     )
     thread.start()
-    while not arrived:
+    while not arrived and thread.is_alive():
         time.sleep(0.05)
+    if not arrived:
+        raise DemoFailed(f"the stream before the change failed: {holder[0].error}")
     say(f"  a {tokens}-token stream is running through the edge (config v{running_before})")
     fleet.deploy(
         {"playbook": "reload", "config_version": config_version,
