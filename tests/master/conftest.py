@@ -18,6 +18,7 @@ from pymongo import MongoClient
 
 from master_api import create_app
 from master_api.extensions import StoreExtension, repos, services
+from master_api.leader import DeploymentWorker, LeaderElector
 from master_api.models import ROLES, User
 from master_api.settings import Settings
 from master_api.store import EmbeddedMongo
@@ -179,3 +180,19 @@ def draft(caller: Caller, node_type: str, **extra: Any) -> dict[str, Any]:
     assert answer.status_code == 201, answer.json
     version: dict[str, Any] = answer.json
     return version
+
+
+@pytest.fixture
+def worker(app: Flask) -> Iterator[DeploymentWorker]:
+    """This process leads (a real election on the test database) and runs deployments."""
+    settings = app.config["AICDN_SETTINGS"]
+    elector = LeaderElector(repos(app), settings, "test")
+    assert elector.tick()
+    elector.start()
+    deployments = DeploymentWorker(
+        lambda: elector.is_leader, repos(app), settings, elector.member_id
+    )
+    deployments.start()
+    yield deployments
+    deployments.stop()
+    elector.stop()

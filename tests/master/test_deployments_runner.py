@@ -13,7 +13,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,7 +24,7 @@ from flask import Flask
 
 from master_api.extensions import repos
 from master_api.jobs.processes import _alive, find_processes
-from master_api.leader import DeploymentWorker, LeaderElector
+from master_api.leader import DeploymentWorker
 from master_api.settings import Settings
 from tests.master.conftest import Caller, draft, register
 from tests.master.deployments_project import deploy_settings, local_node
@@ -50,22 +50,6 @@ TERMINAL = ("successful", "failed", "canceled", "rolled_back", "interrupted")
 @pytest.fixture
 def settings(mongo_uri: str, tmp_path: Path) -> Settings:
     return deploy_settings(mongo_uri, tmp_path)
-
-
-@pytest.fixture
-def worker(app: Flask) -> Iterator[DeploymentWorker]:
-    """This process leads (a real election on the test database) and runs deployments."""
-    settings = app.config["AICDN_SETTINGS"]
-    elector = LeaderElector(repos(app), settings, "test")
-    assert elector.tick()
-    elector.start()
-    deployments = DeploymentWorker(
-        lambda: elector.is_leader, repos(app), settings, elector.member_id
-    )
-    deployments.start()
-    yield deployments
-    deployments.stop()
-    elector.stop()
 
 
 def _create(caller: Caller, **body: Any) -> dict[str, Any]:

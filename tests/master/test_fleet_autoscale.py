@@ -17,7 +17,7 @@ from flask import Flask
 
 from master_api.extensions import repos, services
 from master_api.grpc import AgentGrpcServer
-from master_api.leader import DeploymentWorker, LeaderElector
+from master_api.leader import DeploymentWorker
 from master_api.services.autoscale import Autoscaler
 from master_api.settings import Settings
 from relay.agent.rpc import AgentStub, auth_metadata, channel_options, make_stub, pb
@@ -45,21 +45,6 @@ def settings(mongo_uri: str, tmp_path: Path) -> Settings:
         heartbeat_interval=0.5,
         agent_snapshot_ttl=0.0,
     )
-
-
-@pytest.fixture
-def worker(app: Flask) -> Iterator[DeploymentWorker]:
-    settings = app.config["AICDN_SETTINGS"]
-    elector = LeaderElector(repos(app), settings, "test")
-    assert elector.tick()
-    elector.start()
-    deployments = DeploymentWorker(
-        lambda: elector.is_leader, repos(app), settings, elector.member_id
-    )
-    deployments.start()
-    yield deployments
-    deployments.stop()
-    elector.stop()
 
 
 @pytest.fixture
