@@ -189,16 +189,16 @@ async def open_connection(
     if secure:
         ctx = client_context(dialer.tls, base_dir, alpn=(TUNNEL_ALPN,) if kind == "tls" else ())
     if over is None:
-        transport, _ = await asyncio.wait_for(
-            loop.create_connection(
+        # asyncio.timeout, not wait_for: wait_for (3.11) runs the dial as a task of its own,
+        # a second task per tunnel on the path of every new stream.
+        async with asyncio.timeout(dialer.timeout):
+            transport, _ = await loop.create_connection(
                 PendingProtocol,
                 host,
                 addr.port,
                 ssl=ctx,
                 server_hostname=server_name if ctx else None,
-            ),
-            dialer.timeout,
-        )
+            )
         set_nodelay(transport)
     elif ctx is not None:
         transport = await tls_over(over, ctx, server_name, dialer.timeout)

@@ -41,11 +41,11 @@ class Exchange:
     # Slots: one object per request whose attributes the per-chunk path reads; past 30
     # attributes an instance dict loses CPython's shared-key layout and every lookup slows.
     __slots__ = (
-        "_pending_body", "_pending_size", "_retained_size", "_timer", "body_bytes",
+        "_pending_body", "_pending_size", "_retained_size", "_timer", "attempts", "body_bytes",
         "body_chunked", "body_done", "client", "client_keep_alive", "client_left", "conn",
-        "done", "first_byte_at", "head", "is_head", "json_body", "key", "last_activity",
-        "method", "options", "oversized", "refusal", "request_id", "response_begun",
-        "response_bytes", "retained", "sent_at", "sse", "started_at", "status", "tail",
+        "first_byte_at", "head", "is_head", "json_body", "key", "last_activity",
+        "method", "options", "outcome", "oversized", "refusal", "request_id", "response_begun",
+        "response_bytes", "retained", "sent_at", "sse", "started_at", "status", "tail", "tried",
         "upstream",
     )  # fmt: skip
 
@@ -74,7 +74,11 @@ class Exchange:
         self.retained: list[bytes] | None = [head]
         self._retained_size = len(head)
         self.upstream: UpstreamConnection | None = None
-        self.done: asyncio.Future[Outcome] = conn.loop.create_future()
+        #: How the exchange ended; None while it runs (``end`` sets it and tells the connection).
+        self.outcome: Outcome | None = None
+        #: Upstream attempts so far, and the nodes that refused it (a retry avoids them).
+        self.attempts = 0
+        self.tried: set[str] = set()
         self.status = 0
         self.response_bytes = 0
         self.started_at = conn.loop.time()
@@ -140,8 +144,6 @@ class Exchange:
         loop = self.conn.loop
         self.upstream = upstream
         upstream.attach(self)
-        if self.done.done():  # a retry: start over with a fresh outcome
-            self.done = loop.create_future()
         payload = b"".join(self.retained) if self.retained is not None else None
         if payload is None:
             payload = self.head + b"".join(self._pending_body)
@@ -183,7 +185,7 @@ class Exchange:
 
     def _check_deadlines(self) -> None:
         self._timer = None
-        if self.done.done():
+        if self.outcome is not None:
             return
         now = self.conn.loop.time()
         options = self.options
@@ -224,26 +226,26 @@ class Exchange:
         self.conn.write(data)
 
     def response_complete(self, reusable: bool) -> None:
-        if self.done.done():
+        if self.outcome is not None:
             return
         self._cancel_timers()
         assert self.upstream is not None
         self.upstream.reusable = reusable and self.body_done and not self.upstream.closed
         self.upstream.exchange = None
         self._record(self.status)
-        self.done.set_result(Outcome.COMPLETE)
+        self.end(Outcome.COMPLETE)
 
     def upstream_failed(self, message: str) -> None:
         self._fail(502, "bad_gateway", message, reason="protocol")
 
     def upstream_lost(self, exc: Exception | None) -> None:
-        if self.done.done():
+        if self.outcome is not None:
             return
         if isinstance(exc, RelayRefused) and not self.response_begun:
             node = self.upstream.node if self.upstream else ""
             self.conn.service.metrics.upstream_error(self.conn.service.name, node, "refused")
             self._cancel_timers()
-            self.done.set_result(Outcome.RETRY)
+            self.end(Outcome.RETRY)
             return
         message = (
             f"upstream closed the connection ({exc})" if exc else "upstream closed the connection"
@@ -264,7 +266,7 @@ class Exchange:
         Before the response began: a JSON error answer. After: the client connection is
         aborted, so the client sees a broken stream, never a clean (truncated) end.
         """
-        if self.done.done():
+        if self.outcome is not None:
             return
         self._cancel_timers()
         service = self.conn.service
@@ -279,14 +281,14 @@ class Exchange:
             self.conn.abort()
         else:
             self.conn.answer_error(self, status, error, message)
-        if not self.done.done():
-            self.done.set_result(Outcome.FAILED)
+        if not self.outcome is not None:
+            self.end(Outcome.FAILED)
 
     def body_too_large(self, limit: int) -> None:
         """End the exchange because the request body exceeds ``limit`` (``maxBodySize``):
         413 while no response has begun, else a broken response. The upstream, which saw
         only part of the body, is aborted; the client connection is not kept."""
-        if self.done.done():
+        if self.outcome is not None:
             return
         self._cancel_timers()
         log.info(
@@ -304,19 +306,23 @@ class Exchange:
         else:
             message = f"request body exceeds maxBodySize ({limit} bytes)"
             self.conn.answer_error(self, 413, "payload_too_large", message)
-        if not self.done.done():
-            self.done.set_result(Outcome.FAILED)
+        if not self.outcome is not None:
+            self.end(Outcome.FAILED)
 
     def client_gone(self) -> None:
         self.client_left = True
-        if self.done.done():
+        if self.outcome is not None:
             return
         self._cancel_timers()
         if self.upstream is not None:
             self.upstream.exchange = None
             self.upstream.transport.abort()
         self._record(499)
-        self.done.set_result(Outcome.FAILED)
+        self.end(Outcome.FAILED)
+
+    def end(self, outcome: Outcome) -> None:
+        self.outcome = outcome
+        self.conn.exchange_ended(self)
 
     def _record(self, status: int) -> None:
         stats = self.conn.service.stats
