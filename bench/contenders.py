@@ -422,6 +422,17 @@ def _start_pproxy(contender: Contender, env: Env, directory: Path) -> Running:
     return running
 
 
+# --- the minimal Python relay (the yardstick) -------------------------------------------
+
+
+def _start_minimal(contender: Contender, env: Env, directory: Path) -> Running:
+    def instance(name: str, port: int, upstream: int, env: Env, directory: Path) -> Proc:
+        argv = [env.python, "-m", "bench.minimal_relay", str(port), str(upstream)]
+        return Proc(name, argv, directory)
+
+    return _start_chain(contender, env, directory, instance)
+
+
 def pproxy_installed() -> bool:
     return importlib.util.find_spec("pproxy") is not None
 
@@ -454,6 +465,7 @@ STARTERS: dict[str, Callable[[Contender, Env, Path], Running]] = {
     "nginx": _start_nginx,
     "haproxy": _start_haproxy,
     "pproxy": _start_pproxy,
+    "minimal": _start_minimal,
 }
 MISSING: dict[str, Callable[[Contender], str | None]] = {
     "direct": lambda c: None,
@@ -461,6 +473,7 @@ MISSING: dict[str, Callable[[Contender], str | None]] = {
     "nginx": lambda c: _missing_binary("nginx"),
     "haproxy": lambda c: _missing_binary("haproxy"),
     "pproxy": _missing_pproxy,
+    "minimal": lambda c: None,
 }
 
 CONTENDERS: tuple[Contender, ...] = (
@@ -478,6 +491,8 @@ CONTENDERS: tuple[Contender, ...] = (
     Contender("haproxy-tcp-2hop", "haproxy", 2, "tcp", "haproxy tcp -> haproxy tcp"),
     Contender("pproxy-1hop", "pproxy", 1, "", "pproxy tunnel (L4) -> origin"),
     Contender("pproxy-2hop", "pproxy", 2, "", "pproxy tunnel -> pproxy socks5 -> origin"),
+    Contender("minimal-1hop", "minimal", 1, "", "bench/minimal_relay.py: L4 asyncio Protocols"),
+    Contender("minimal-2hop", "minimal", 2, "", "minimal relay -> minimal relay -> origin"),
 )
 BY_NAME = {c.name: c for c in CONTENDERS}
 

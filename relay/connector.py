@@ -34,6 +34,8 @@ class RelayRefused(TransportError):
 
 
 class RelayClientTransport(LayeredTransport):
+    __slots__ = ("_header", "_response_buf", "confirmed", "on_response", "request", "response")
+
     def __init__(self, inner: asyncio.Transport, request: relay_v1.Request) -> None:
         super().__init__(inner)
         self.request = request

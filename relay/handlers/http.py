@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections import deque
 from typing import cast
 
 import httptools
@@ -35,6 +34,15 @@ MAX_ATTEMPTS = 3
 
 
 class HttpConnection(asyncio.Protocol):
+    # Slots: one object per client connection, held for as long as it stays open (idle
+    # keep-alive connections and long streams): a dict of 25 attributes would be ~1 KiB more.
+    __slots__ = (
+        "_active", "_admitted", "_advance_handle", "_closing", "_corked", "_current", "_dialing",
+        "_head_bytes", "_head_started", "_headers", "_idle_since", "_keepalive_timer",
+        "_key_cache", "_opened_at", "_parser", "_pool", "_queue", "_reading_paused", "_refusal",
+        "_url", "client_paused", "loop", "options", "peer_ip", "service", "transport",
+    )  # fmt: skip
+
     def __init__(self, service: ServiceRuntime) -> None:
         self.service = service
         self.options = service.config.handler.http
@@ -50,10 +58,14 @@ class HttpConnection(asyncio.Protocol):
         #: When the first byte of the request head being parsed arrived (headerTimeout).
         self._head_started: float | None = None
         self._current: Exchange | None = None  # being parsed
-        self._queue: deque[Exchange] = deque()
+        #: Parsed requests waiting to be served (pipelining); a list: almost always 0 or 1.
+        self._queue: list[Exchange] = []
         self._active: Exchange | None = None  # being served
         self._advance_handle: asyncio.Handle | None = None
-        self._reading_paused: set[str] = set()
+        #: The dial of the active exchange's upstream, while it runs.
+        self._dialing: asyncio.Task[None] | None = None
+        #: Why reading the client is paused (body backpressure, queue, oversized); None: never.
+        self._reading_paused: set[str] | None = None
         self._keepalive_timer: asyncio.TimerHandle | None = None
         #: When the connection last became idle; None while a request is in progress.
         self._idle_since: float | None = None
@@ -165,24 +177,35 @@ class HttpConnection(asyncio.Protocol):
         forwarded = b""
         authorization = api_key = b""
         chunked = False
+        declared_length = 0
+        # One pass over the client's headers (once per request): what goes upstream, and
+        # what we need to know of them.
+        drop = http1.HOP_BY_HOP
+        for name, value in self._headers:
+            if name.lower() == b"connection":
+                drop = drop | http1.connection_tokens([(name, value)])
         headers: http1.Headers = []
-        for name, value in http1.end_to_end(self._headers):
+        for name, value in self._headers:
             lower = name.lower()
-            if lower == b"x-request-id":
+            if lower == b"transfer-encoding":
+                chunked = chunked or b"chunked" in value.lower()
+            if lower in drop:
+                continue
+            if lower == b"content-length":
+                # httptools checked it already
+                declared_length = int(value) if value.strip().isdigit() else 0
+            elif lower == b"x-request-id":
                 if http1.valid_request_id(value):
                     request_id = value
                 continue
-            if lower == b"x-forwarded-for":
+            elif lower == b"x-forwarded-for":
                 forwarded = value
                 continue
-            if lower == b"authorization":
+            elif lower == b"authorization":
                 authorization = value
             elif lower == b"x-api-key":
                 api_key = value
             headers.append((name, value))
-        for name, value in self._headers:
-            if name.lower() == b"transfer-encoding" and b"chunked" in value.lower():
-                chunked = True
         if not request_id:
             request_id = http1.new_request_id()
         client_ip = self.peer_ip.encode()
@@ -194,8 +217,10 @@ class HttpConnection(asyncio.Protocol):
             headers.append((b"Transfer-Encoding", b"chunked"))
         headers.append((b"Connection", b"keep-alive"))
         head = http1.request_head(method, self._url, headers)
+        self._headers = []  # not kept for as long as the exchange runs
+        self._url = b""
         exchange = Exchange(self, method, head, request_id, parser.should_keep_alive(), chunked)
-        if not chunked and self._declared_length() > self.options.max_body_size > 0:
+        if not chunked and declared_length > self.options.max_body_size > 0:
             self._body_too_large(exchange)
         client = self.service.client_ip(self.peer_ip, forwarded)
         exchange.client = client
@@ -221,12 +246,6 @@ class HttpConnection(asyncio.Protocol):
             self._body_too_large(exchange)
             return
         exchange.feed_body(body)
-
-    def _declared_length(self) -> int:
-        for name, value in self._headers:
-            if name.lower() == b"content-length":
-                return int(value) if value.strip().isdigit() else 0  # httptools checked it
-        return 0
 
     def _body_too_large(self, exchange: Exchange) -> None:
         """The request body exceeds ``maxBodySize``: stop reading the client and answer 413
@@ -284,7 +303,7 @@ class HttpConnection(asyncio.Protocol):
                     return
                 self._arm_keepalive()
             if self._queue:
-                self._start(self._queue.popleft())
+                self._start(self._queue.pop(0))
             elif self._closing:
                 self._close_transport()
         except Exception:  # a bug, not a client's doing: log it with context and drop the client
@@ -318,34 +337,39 @@ class HttpConnection(asyncio.Protocol):
             if upstream is not None:
                 exchange.bind(upstream)
                 return
-        self.loop.create_task(self._dial(exchange, route))
+        self._dialing = self.loop.create_task(self._dial(exchange, route))
 
     async def _dial(self, exchange: Exchange, route: Route) -> None:
         try:
-            try:
-                dialed = await self.service.connect_upstream(
-                    key=self.peer_ip, exclude=frozenset(exchange.tried), route=route
-                )
-            except DialError as exc:
-                if not exchange.client_left:
-                    self.service.metrics.upstream_error(self.service.name, exc.node, "connect")
-                    self.answer_error(exchange, 502, "bad_gateway", str(exc))
-                return
-            if exchange.client_left or exchange.oversized or exchange.outcome is not None:
-                dialed.transport.close()
-                if exchange.oversized:
-                    exchange.body_too_large(self.options.max_body_size)
-                return
-            # Pooled under where it really leads: failover may have picked another node.
-            pool_key = (dialed.node, str(route.target))
-            upstream = UpstreamConnection(dialed.transport, dialed.node, pool_key)
-            dialed.pending.hand_over(upstream)
-            exchange.bind(upstream)
+            await self._dial_and_bind(exchange, route)
         except Exception:  # a bug: log it with context and drop the client
             log.exception(
                 "service %s: http connection from %s failed", self.service.name, self.peer_ip
             )
             self.abort()
+        finally:
+            self._dialing = None
+
+    async def _dial_and_bind(self, exchange: Exchange, route: Route) -> None:
+        try:
+            dialed = await self.service.connect_upstream(
+                key=self.peer_ip, exclude=frozenset(exchange.tried), route=route
+            )
+        except DialError as exc:
+            if not exchange.client_left:
+                self.service.metrics.upstream_error(self.service.name, exc.node, "connect")
+                self.answer_error(exchange, 502, "bad_gateway", str(exc))
+            return
+        if exchange.client_left or exchange.oversized or exchange.outcome is not None:
+            dialed.transport.close()
+            if exchange.oversized:
+                exchange.body_too_large(self.options.max_body_size)
+            return
+        # Pooled under where it really leads: failover may have picked another node.
+        pool_key = (dialed.node, str(route.target))
+        upstream = UpstreamConnection(dialed.transport, dialed.node, pool_key)
+        dialed.pending.hand_over(upstream)
+        exchange.bind(upstream)
 
     def _conclude(self, exchange: Exchange) -> bool:
         """Act on how ``exchange`` ended; False when it was sent to another node instead."""
@@ -360,7 +384,7 @@ class HttpConnection(asyncio.Protocol):
             keep_going = True
         elif outcome is Outcome.RETRY and exchange.retained is not None:
             assert upstream is not None
-            exchange.tried.add(upstream.node)
+            exchange.tried += (upstream.node,)
             if exchange.attempts < MAX_ATTEMPTS:
                 log.info(
                     "service %s: retrying %s on another node",
@@ -439,14 +463,19 @@ class HttpConnection(asyncio.Protocol):
             self._closing = True
 
     def pause_reading_for_body(self, why: str = "body") -> None:
-        if not self._reading_paused and self.transport is not None:
+        paused = self._reading_paused
+        if not paused and self.transport is not None:
             self.transport.pause_reading()
-        self._reading_paused.add(why)
+        if paused is None:
+            self._reading_paused = {why}
+        else:
+            paused.add(why)
 
     def resume_reading_for_body(self, why: str = "body") -> None:
-        if why in self._reading_paused:
-            self._reading_paused.discard(why)
-            if not self._reading_paused and self.transport is not None:
+        paused = self._reading_paused
+        if paused and why in paused:
+            paused.discard(why)
+            if not paused and self.transport is not None:
                 self.transport.resume_reading()
 
     def _reject(self, status: int, error: str, message: str) -> None:

@@ -9,7 +9,6 @@ The ``HttpConnection`` that parsed it serves exchanges one after another.
 from __future__ import annotations
 
 import logging
-from collections import deque
 from enum import Enum
 from typing import TYPE_CHECKING
 
@@ -27,6 +26,11 @@ if TYPE_CHECKING:
     from relay.handlers.http_upstream import UpstreamConnection
 
 log = logging.getLogger(__name__)
+
+
+#: Body chunks kept for the ``usage`` search: the final SSE event may arrive split over a few
+#: reads, with ``data: [DONE]`` after it.
+TAIL_CHUNKS = 8
 
 
 class Outcome(Enum):
@@ -78,7 +82,7 @@ class Exchange:
         self.outcome: Outcome | None = None
         #: Upstream attempts so far, and the nodes that refused it (a retry avoids them).
         self.attempts = 0
-        self.tried: set[str] = set()
+        self.tried: tuple[str, ...] = ()
         self.status = 0
         self.response_bytes = 0
         self.started_at = conn.loop.time()
@@ -101,7 +105,7 @@ class Exchange:
         self.json_body = False
         #: The last body chunks, kept (not copied) while usage is counted, for the ``usage``
         #: object the final SSE event or the JSON body carries; None: not kept.
-        self.tail: deque[bytes] | None = None
+        self.tail: list[bytes] | None = None
 
     # --- request body (from the client parser) ----------------------------------------------
 
@@ -213,6 +217,10 @@ class Exchange:
     def response_started(self, status: int, head: bytes) -> None:
         self.status = status
         self.response_begun = True
+        # No retry once a response began: the request kept for one can go (a long stream
+        # would hold its prompt for as long as it runs).
+        self.retained = None
+        self.head = b""
         self.conn.write(head)
 
     def send_to_client(self, data: bytes) -> None:
@@ -221,8 +229,11 @@ class Exchange:
     def send_body(self, data: bytes, payload: bytes) -> None:
         # DANGER ZONE: once per upstream chunk (per SSE event): one length, at most one append.
         self.response_bytes += len(payload)
-        if self.tail is not None:
-            self.tail.append(payload)
+        tail = self.tail
+        if tail is not None:
+            tail.append(payload)
+            if len(tail) > TAIL_CHUNKS:
+                del tail[0]  # a list of 9 beats a deque(maxlen=8): ~90 bytes, not ~600
         self.conn.write(data)
 
     def response_complete(self, reusable: bool) -> None:

@@ -7,7 +7,6 @@ gets chunked encoding): no buffering, so each SSE event leaves as soon as it arr
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from typing import TYPE_CHECKING
 
 import httptools
@@ -20,9 +19,6 @@ if TYPE_CHECKING:
 _NO_BODY_STATUS = (204, 304)
 _SSE = b"text/event-stream"
 _JSON = b"application/json"
-#: Body chunks kept for the ``usage`` search: the final SSE event may arrive split over a few
-#: reads, with ``data: [DONE]`` after it.
-TAIL_CHUNKS = 8
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -31,6 +27,12 @@ class UpstreamConnection(asyncio.Protocol):
     It outlives an exchange when both the origin and the client keep the connection alive,
     so the next request of the same client connection skips the tunnel set-up.
     """
+
+    # Slots: one per upstream connection, held for as long as a stream runs or it idles.
+    __slots__ = (
+        "_chunked_out", "_close_delimited", "_head_sent", "_headers", "_parser", "_reason",
+        "closed", "error", "exchange", "node", "pool_key", "reusable", "transport",
+    )  # fmt: skip
 
     def __init__(
         self, transport: asyncio.Transport, node: str, pool_key: tuple[str, str] = ("", "")
@@ -124,17 +126,31 @@ class UpstreamConnection(asyncio.Protocol):
             exchange.send_to_client(http1.response_head(status, self._reason, self._headers))
             self._headers = []
             return
-        headers = http1.end_to_end(self._headers)
-        has_length = any(n.lower() == b"content-length" for n, _ in headers)
+        # One pass over the origin's headers (this runs once per request): what the client
+        # gets, and what we need to know of them.
+        has_length = upstream_chunked = False
+        content_type = b""
+        drop = http1.HOP_BY_HOP
+        for name, value in self._headers:
+            if name.lower() == b"connection":
+                drop = drop | http1.connection_tokens([(name, value)])
+        headers: http1.Headers = []
+        for name, value in self._headers:
+            lower = name.lower()
+            if lower == b"transfer-encoding":
+                upstream_chunked = upstream_chunked or b"chunked" in value.lower()
+            if lower in drop:
+                continue
+            if lower == b"content-length":
+                has_length = True
+            elif lower == b"content-type":
+                content_type = value.lower()
+            headers.append((name, value))
         no_body = exchange.is_head or status in _NO_BODY_STATUS
         self._chunked_out = not has_length and not no_body
-        upstream_chunked = any(
-            n.lower() == b"transfer-encoding" and b"chunked" in v.lower() for n, v in self._headers
-        )
         self._close_delimited = self._chunked_out and not upstream_chunked
         if self._chunked_out:
             headers.append((b"transfer-encoding", b"chunked"))
-        content_type = next((v.lower() for n, v in headers if n.lower() == b"content-type"), b"")
         exchange.json_body = content_type.startswith(_JSON)
         if content_type.startswith(_SSE):
             exchange.sse = True
@@ -143,7 +159,7 @@ class UpstreamConnection(asyncio.Protocol):
             headers.append((b"cache-control", b"no-cache"))
             headers.append((b"x-accel-buffering", b"no"))
         if (exchange.sse or exchange.json_body) and exchange.conn.service.usage is not None:
-            exchange.tail = deque(maxlen=TAIL_CHUNKS)
+            exchange.tail = []
         alt_svc = exchange.conn.service.alt_svc
         if alt_svc is not None:
             # Ours replaces the origin's: it names where *this* host serves HTTP/3.
@@ -152,6 +168,7 @@ class UpstreamConnection(asyncio.Protocol):
         headers.append((b"x-request-id", exchange.request_id))
         headers.append((b"connection", b"keep-alive" if exchange.client_keep_alive else b"close"))
         self._head_sent = True
+        self._headers = []  # not kept for as long as the stream runs
         exchange.response_started(status, http1.response_head(status, self._reason, headers))
         if exchange.is_head:
             # httptools cannot be told to skip a HEAD answer's body: end the exchange here and

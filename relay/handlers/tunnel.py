@@ -28,6 +28,12 @@ HEADER_TIMEOUT = 10.0
 class _TunnelConnection(asyncio.Protocol):
     """Common part: bookkeeping, early-data buffering, connecting, splicing."""
 
+    # Slots: one per tunnel, held for as long as it stays open.
+    __slots__ = (
+        "_admitted", "_early", "_lost", "_started", "_task", "_upstream", "peer_ip", "refused",
+        "service", "transport",
+    )  # fmt: skip
+
     def __init__(self, service: ServiceRuntime) -> None:
         self.service = service
         self.transport: asyncio.Transport | None = None
@@ -134,6 +140,8 @@ class _TunnelConnection(asyncio.Protocol):
 class ForwardConnection(_TunnelConnection):
     """``forward``: every connection goes to the forwarder's target, through the chain."""
 
+    __slots__ = ()
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         if not self.refused:
@@ -151,6 +159,8 @@ class ForwardConnection(_TunnelConnection):
 
 class RelayServerConnection(_TunnelConnection):
     """``relay``: reads the relay header, authenticates, connects only to allowed targets."""
+
+    __slots__ = ("_buf", "_header_timer", "_resumable", "_stream", "_user")
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._header_timer: asyncio.TimerHandle | None = None

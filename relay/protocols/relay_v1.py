@@ -11,6 +11,7 @@ that follow the header (the client sends its first data bytes together with the 
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import struct
 from dataclasses import dataclass
@@ -105,6 +106,18 @@ def _encode_addr(host: str, port: int) -> bytes:
 
 
 def encode_request(request: Request) -> bytes:
+    if request.resume is None:
+        return _encode_request_cached(request)
+    return _encode_request(request)
+
+
+@functools.lru_cache(maxsize=256)
+def _encode_request_cached(request: Request) -> bytes:
+    # An edge sends the same header (auth, target) on every tunnel to a node.
+    return _encode_request(request)
+
+
+def _encode_request(request: Request) -> bytes:
     features = b""
     if request.username is not None or request.password is not None:
         features += _feature(
@@ -204,6 +217,22 @@ def parse_request(buf: bytes) -> tuple[Request, bytes] | None:
     if split is None:
         return None
     cmd, features, rest = split
+    if len(features) <= _CACHED_FEATURES_MAX:
+        return _parse_request_features(cmd, features), rest
+    return _parse_request_uncached(cmd, features), rest
+
+
+#: Headers up to this many feature bytes are decoded once (auth and target, no resume token):
+#: a core sees the same few headers from its edges on every tunnel.
+_CACHED_FEATURES_MAX = 128
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_request_features(cmd: int, features: bytes) -> Request:
+    return _parse_request_uncached(cmd, features)
+
+
+def _parse_request_uncached(cmd: int, features: bytes) -> Request:
     username = password = None
     target = None
     resume = None
@@ -215,8 +244,7 @@ def parse_request(buf: bytes) -> tuple[Request, bytes] | None:
         elif ftype == FeatureType.RESUME:
             resume = data
         # Other features (tunnel, network) are not used by this relay: ignore, as gost does.
-    request = Request(cmd=cmd, username=username, password=password, target=target, resume=resume)
-    return request, rest
+    return Request(cmd=cmd, username=username, password=password, target=target, resume=resume)
 
 
 def parse_response(buf: bytes) -> tuple[Response, bytes] | None:

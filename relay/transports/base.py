@@ -92,6 +92,10 @@ class LayeredTransport(asyncio.Transport):
     paused reader above pauses the socket below.
     """
 
+    # Slots: one per tunnel on an edge, held while it is open or pooled. Subclasses that do
+    # not declare slots get a dict again, which is fine for the rarer ones.
+    __slots__ = ("_closing", "_early", "_lost", "_protocol", "inner")
+
     def __init__(self, inner: asyncio.Transport) -> None:
         super().__init__()
         self.inner = inner
