@@ -35,12 +35,12 @@ MAX_ATTEMPTS = 3
 
 class HttpConnection(asyncio.Protocol):
     # Slots: one object per client connection, held for as long as it stays open (idle
-    # keep-alive connections and long streams): a dict of 25 attributes would be ~1 KiB more.
+    # keep-alive connections and long streams): a dict of 27 attributes would be ~1 KiB more.
     __slots__ = (
-        "_active", "_admitted", "_advance_handle", "_closing", "_corked", "_current", "_dialing",
-        "_head_bytes", "_head_started", "_headers", "_idle_since", "_keepalive_timer",
+        "_active", "_admitted", "_advance_handle", "_between_requests", "_closing", "_corked",
+        "_current", "_dialing", "_head_bytes", "_head_started", "_headers", "_idle_since",
         "_key_cache", "_opened_at", "_parser", "_pool", "_queue", "_reading_paused", "_refusal",
-        "_url", "client_paused", "loop", "options", "peer_ip", "service", "transport",
+        "_timer", "_url", "client_paused", "loop", "options", "peer_ip", "service", "transport",
     )  # fmt: skip
 
     def __init__(self, service: ServiceRuntime) -> None:
@@ -51,7 +51,11 @@ class HttpConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer_ip = ""
         self.client_paused = False
-        self._parser = httptools.HttpRequestParser(self)
+        #: None between keep-alive requests: made again when the next bytes arrive, so a
+        #: connection holding a long stream does not hold a parser (~900 bytes) it cannot use.
+        self._parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
+        #: The last request parsed is complete and allows another: the parser can go.
+        self._between_requests = False
         self._url = b""
         self._headers: http1.Headers = []
         self._head_bytes = 0
@@ -66,7 +70,9 @@ class HttpConnection(asyncio.Protocol):
         self._dialing: asyncio.Task[None] | None = None
         #: Why reading the client is paused (body backpressure, queue, oversized); None: never.
         self._reading_paused: set[str] | None = None
-        self._keepalive_timer: asyncio.TimerHandle | None = None
+        #: The connection's one timer: keep-alive, request head and the active exchange's
+        #: deadlines (see ``_on_timer``).
+        self._timer: asyncio.TimerHandle | None = None
         #: When the connection last became idle; None while a request is in progress.
         self._idle_since: float | None = None
         self._closing = False
@@ -103,8 +109,11 @@ class HttpConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
+        parser = self._parser
+        if parser is None:
+            parser = self._parser = httptools.HttpRequestParser(self)
         try:
-            self._parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._reject(501, "not_implemented", "protocol upgrades are not supported here")
             return
@@ -113,6 +122,8 @@ class HttpConnection(asyncio.Protocol):
             return
         if self._head_bytes > self.options.max_header_size:
             self._reject(431, "header_too_large", "request head too large")
+        elif self._between_requests:
+            self._parser = None
 
     def eof_received(self) -> bool:
         # Half-closed client: finish the exchange in flight, then close.
@@ -124,8 +135,9 @@ class HttpConnection(asyncio.Protocol):
         if self._admitted:
             self._admitted = False
             self.service.release_connection(self.peer_ip)
-        if self._keepalive_timer is not None:
-            self._keepalive_timer.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._active is not None:
             self._active.client_gone()
         for exchange in self._queue:
@@ -153,6 +165,7 @@ class HttpConnection(asyncio.Protocol):
     # --- httptools callbacks ----------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        self._between_requests = False
         self._url = b""
         self._headers = []
         self._head_bytes = 0
@@ -172,6 +185,7 @@ class HttpConnection(asyncio.Protocol):
         if self._head_bytes > self.options.max_header_size:
             return  # answered with 431 once feed_data returns
         parser = self._parser
+        assert parser is not None
         method = parser.get_method()
         request_id = b""
         forwarded = b""
@@ -258,6 +272,9 @@ class HttpConnection(asyncio.Protocol):
             exchange.body_too_large(self.options.max_body_size)
 
     def on_message_complete(self) -> None:
+        # After a request that closes the connection the parser stays: it refuses more bytes.
+        assert self._parser is not None
+        self._between_requests = self._parser.should_keep_alive()
         if self._current is not None:
             self._current.end_body()
             self._current = None
@@ -493,8 +510,17 @@ class HttpConnection(asyncio.Protocol):
         it after ``keepaliveTimeout`` idle, and a request head after ``headerTimeout``;
         requests only store timestamps."""
         self._idle_since = self.loop.time()
-        if self._keepalive_timer is None:
-            self._keepalive_timer = self.loop.call_at(self._next_wake(), self._keepalive_check)
+        if self._timer is None:
+            self._timer = self.loop.call_at(self._next_wake(), self._on_timer)
+
+    def wake_by(self, deadline: float) -> None:
+        """Make the timer fire no later than ``deadline`` (an exchange's next deadline)."""
+        timer = self._timer
+        if timer is not None:
+            if timer.when() <= deadline:
+                return
+            timer.cancel()
+        self._timer = self.loop.call_at(deadline, self._on_timer)
 
     def _next_wake(self) -> float:
         # Wake at least every headerTimeout: a head that starts arriving in between is seen at
@@ -503,16 +529,26 @@ class HttpConnection(asyncio.Protocol):
         now = self.loop.time()
         options = self.options
         if self._head_started is not None:
-            return self._head_started + options.header_timeout
-        if self._idle_since is None:  # busy: only a pipelined head can be due
-            return now + min(options.keepalive_timeout, options.header_timeout)
-        return min(self._idle_since + options.keepalive_timeout, now + options.header_timeout)
+            wake = self._head_started + options.header_timeout
+        elif self._idle_since is None:  # busy: only a pipelined head can be due
+            wake = now + min(options.keepalive_timeout, options.header_timeout)
+        else:
+            wake = min(self._idle_since + options.keepalive_timeout, now + options.header_timeout)
+        deadline = self._active.deadline() if self._active is not None else None
+        return wake if deadline is None else min(wake, deadline)
 
-    def _keepalive_check(self) -> None:
-        self._keepalive_timer = None
-        if self._closing:
-            return
+    def _on_timer(self) -> None:
+        self._timer = None
         now = self.loop.time()
+        active = self._active
+        if active is not None:
+            active.check_deadlines(now)
+        if self._closing:
+            # Only the exchange in flight (a half-closed client's) still has deadlines.
+            deadline = active.deadline() if active is not None else None
+            if deadline is not None and self.transport is not None:
+                self._timer = self.loop.call_at(deadline, self._on_timer)
+            return
         options = self.options
         started = self._head_started
         if started is not None and now >= started + options.header_timeout:
@@ -526,4 +562,4 @@ class HttpConnection(asyncio.Protocol):
         if started is None and since is not None and now >= since + options.keepalive_timeout:
             self.close()
             return
-        self._keepalive_timer = self.loop.call_at(self._next_wake(), self._keepalive_check)
+        self._timer = self.loop.call_at(self._next_wake(), self._on_timer)

@@ -20,8 +20,6 @@ from relay.protocols import http1
 from relay.usage import ANONYMOUS_KEY
 
 if TYPE_CHECKING:
-    import asyncio
-
     from relay.handlers.http import HttpConnection
     from relay.handlers.http_upstream import UpstreamConnection
 
@@ -45,7 +43,7 @@ class Exchange:
     # Slots: one object per request whose attributes the per-chunk path reads; past 30
     # attributes an instance dict loses CPython's shared-key layout and every lookup slows.
     __slots__ = (
-        "_pending_body", "_pending_size", "_retained_size", "_timer", "attempts", "body_bytes",
+        "_pending_body", "_pending_size", "_retained_size", "attempts", "body_bytes",
         "body_chunked", "body_done", "client", "client_keep_alive", "client_left", "conn",
         "first_byte_at", "head", "is_head", "json_body", "key", "last_activity",
         "method", "options", "outcome", "oversized", "refusal", "request_id", "response_begun",
@@ -95,8 +93,6 @@ class Exchange:
         self.refusal: Verdict | None = None
         #: The body outgrew ``maxBodySize``: answered 413, the rest of it is never read.
         self.oversized = False
-        #: The one timer of this exchange; see ``_check_deadlines``.
-        self._timer: asyncio.TimerHandle | None = None
         #: The client (after trusted proxies) and its API key hash (``relay.usage.key_of``).
         self.client = ""
         self.key = ANONYMOUS_KEY
@@ -158,13 +154,20 @@ class Exchange:
         if self.conn.client_paused:
             upstream.transport.pause_reading()
         self.sent_at = loop.time()
-        self._arm(self._next_deadline())
+        self.conn.wake_by(self._next_deadline())
 
     # --- timeouts ---------------------------------------------------------------------------
-    # DANGER ZONE: one timer per exchange, re-armed lazily. The per-chunk path only stores
-    # ``last_activity``; when the timer fires it works out which deadline (if any) has passed
-    # and sleeps again until the next one. Three timers (TTFB, idle, total) would cost a
-    # TimerHandle per chunk, or three per request.
+    # DANGER ZONE: no timer of its own. The connection's one timer wakes for the earliest of
+    # its own deadlines (keep-alive, request head) and this exchange's (``deadline``), and
+    # calls ``check_deadlines``. The per-chunk path only stores ``last_activity``; three timers
+    # (TTFB, idle, total) would cost a TimerHandle per chunk, and even one per exchange costs
+    # ~500 bytes for as long as a stream runs and two timer operations per request.
+
+    def deadline(self) -> float | None:
+        """When the connection's timer must look at this exchange next; None: never."""
+        if self.outcome is not None or not self.sent_at:
+            return None  # ended, or not sent upstream yet (dialing has its own timeout)
+        return self._next_deadline()
 
     def _next_deadline(self) -> float:
         options = self.options
@@ -179,19 +182,10 @@ class Exchange:
             deadline = min(deadline, self.started_at + options.total_timeout)
         return deadline
 
-    def _arm(self, deadline: float) -> None:
-        self._timer = self.conn.loop.call_at(deadline, self._check_deadlines)
-
-    def _cancel_timers(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _check_deadlines(self) -> None:
-        self._timer = None
-        if self.outcome is not None:
+    def check_deadlines(self, now: float) -> None:
+        """End the exchange with a 504 (or a broken response) if one of its deadlines passed."""
+        if self.outcome is not None or not self.sent_at:
             return
-        now = self.conn.loop.time()
         options = self.options
         if options.total_timeout > 0 and now >= self.started_at + options.total_timeout:
             message = f"exchange exceeded totalTimeout ({options.total_timeout:g}s)"
@@ -202,8 +196,6 @@ class Exchange:
         elif self.first_byte_at and now >= self.last_activity + options.idle_timeout:
             message = f"upstream idle for {options.idle_timeout:g}s (idleTimeout)"
             self._fail(504, "gateway_timeout", message, reason="idle_timeout")
-        else:
-            self._arm(self._next_deadline())
 
     # --- events from the upstream connection ------------------------------------------------
 
@@ -239,7 +231,6 @@ class Exchange:
     def response_complete(self, reusable: bool) -> None:
         if self.outcome is not None:
             return
-        self._cancel_timers()
         assert self.upstream is not None
         self.upstream.reusable = reusable and self.body_done and not self.upstream.closed
         self.upstream.exchange = None
@@ -255,7 +246,6 @@ class Exchange:
         if isinstance(exc, RelayRefused) and not self.response_begun:
             node = self.upstream.node if self.upstream else ""
             self.conn.service.metrics.upstream_error(self.conn.service.name, node, "refused")
-            self._cancel_timers()
             self.end(Outcome.RETRY)
             return
         message = (
@@ -279,7 +269,6 @@ class Exchange:
         """
         if self.outcome is not None:
             return
-        self._cancel_timers()
         service = self.conn.service
         node = self.upstream.node if self.upstream else ""
         service.metrics.upstream_error(service.name, node, reason)
@@ -301,7 +290,6 @@ class Exchange:
         only part of the body, is aborted; the client connection is not kept."""
         if self.outcome is not None:
             return
-        self._cancel_timers()
         log.info(
             "service %s request %s: body over %d bytes",
             self.conn.service.name,
@@ -324,7 +312,6 @@ class Exchange:
         self.client_left = True
         if self.outcome is not None:
             return
-        self._cancel_timers()
         if self.upstream is not None:
             self.upstream.exchange = None
             self.upstream.transport.abort()

@@ -8,7 +8,8 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-from typing import cast
+from collections.abc import Coroutine
+from typing import Any, cast
 
 from relay.chain import Dialed, DialError
 from relay.config.model import Address
@@ -30,7 +31,8 @@ class _TunnelConnection(asyncio.Protocol):
 
     # Slots: one per tunnel, held for as long as it stays open.
     __slots__ = (
-        "_admitted", "_early", "_lost", "_started", "_task", "_upstream", "peer_ip", "refused",
+        "_admitted", "_connecting", "_early", "_lost", "_started", "_task", "_upstream", "peer_ip",
+        "refused",
         "service", "transport",
     )  # fmt: skip
 
@@ -41,7 +43,11 @@ class _TunnelConnection(asyncio.Protocol):
         self._early: list[bytes] = []
         self._started = 0.0
         self._lost = False
+        #: The dial in progress (a strong reference while it runs; dropped when done, so a
+        #: long tunnel does not hold a finished task).
         self._task: asyncio.Task[None] | None = None
+        #: The dial was started: what arrives now is early data for the target.
+        self._connecting = False
         self._upstream: asyncio.Transport | None = None
         #: Admitted by the connection policies: owes them one release at the end.
         self._admitted = False
@@ -103,9 +109,15 @@ class _TunnelConnection(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         self.service.closed(self, loop.time() - self._started)
 
-    def _spawn(self, coro: object) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         loop = asyncio.get_running_loop()
-        self._task = loop.create_task(coro)  # type: ignore[arg-type]
+        self._connecting = True
+        task = loop.create_task(coro)
+        self._task = task
+        task.add_done_callback(self._dial_done)
+
+    def _dial_done(self, task: asyncio.Task[None]) -> None:
+        self._task = None
 
     def _splice(self, dialed: Dialed, first: bytes) -> None:
         """Send ``first`` upstream (behind the relay header, if any), then forward both ways."""
@@ -182,7 +194,7 @@ class RelayServerConnection(_TunnelConnection):
         self.close()
 
     def data_received(self, data: bytes) -> None:
-        if self._header_timer is None and self._task is not None:
+        if self._header_timer is None and self._connecting:
             super().data_received(data)  # header done; buffer until the target is connected
             return
         self._buf += data
