@@ -281,7 +281,7 @@ class Exchange:
             self.conn.abort()
         else:
             self.conn.answer_error(self, status, error, message)
-        if not self.outcome is not None:
+        if self.outcome is None:
             self.end(Outcome.FAILED)
 
     def body_too_large(self, limit: int) -> None:
@@ -305,7 +305,7 @@ class Exchange:
         else:
             message = f"request body exceeds maxBodySize ({limit} bytes)"
             self.conn.answer_error(self, 413, "payload_too_large", message)
-        if not self.outcome is not None:
+        if self.outcome is None:
             self.end(Outcome.FAILED)
 
     def client_gone(self) -> None:
