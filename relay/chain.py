@@ -49,16 +49,15 @@ class DialError(TransportError):
 class NodeState:
     """A node and its passive health: ``max_fails`` failures in a row bench it for a while."""
 
-    __slots__ = ("config", "failed_until", "fails")
+    __slots__ = ("addr_text", "config", "failed_until", "fails", "name")
 
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self.fails = 0
         self.failed_until = 0.0
-
-    @property
-    def name(self) -> str:
-        return self.config.name
+        # Read on every request (route, pool keys): kept rather than worked out each time.
+        self.name = config.name
+        self.addr_text = str(config.addr)
 
     def available(self, now: float) -> bool:
         return now >= self.failed_until
@@ -96,8 +95,13 @@ class NodeGroup:
         Benched nodes come last rather than never, so that a blip that benched every node
         does not turn into ``failTimeout`` seconds of certain failure.
         """
-        healthy = [n for n in self.nodes if n.available(now)]
-        benched = sorted((n for n in self.nodes if not n.available(now)), key=_failed_until)
+        nodes = self.nodes
+        if len(nodes) == 1:
+            return [nodes[0]]  # (a list of its own: callers may reorder it)
+        healthy = [n for n in nodes if now >= n.failed_until]
+        if len(healthy) == len(nodes):  # nobody benched, as almost always
+            return self._order(healthy, key)
+        benched = sorted((n for n in nodes if now < n.failed_until), key=_failed_until)
         if len(healthy) > 1:
             healthy = self._order(healthy, key)
         return healthy + benched

@@ -228,6 +228,10 @@ class UsageMeter:
         self._boot = secrets.token_hex(6)
         self._seq = 0
         self._current: dict[tuple[str, int], KeyUsage] = {}
+        #: The entry returned last and until when it holds (its hour's end): consecutive
+        #: requests of one key (a client's keep-alive connection) skip the lookup.
+        self._last: KeyUsage | None = None
+        self._last_until = 0.0
         self._since = time.time()
         self._pending: UsageBatch | None = None
         #: Keys over their quota (set by the agent from the master's answer): refused with 429.
@@ -237,6 +241,9 @@ class UsageMeter:
 
     def entry(self, key: str, now: float) -> KeyUsage:
         """The counters of ``key`` for the hour of ``now`` (epoch seconds) in this interval."""
+        last = self._last
+        if last is not None and now < self._last_until and last.key == key:
+            return last
         hour = int(now // 3600) * 3600
         slot = (key, hour)
         entry = self._current.get(slot)
@@ -249,6 +256,8 @@ class UsageMeter:
                     return entry
                 key = OVERFLOW_KEY
             entry = self._current[slot] = KeyUsage(key, hour)
+        if entry.key == key:  # (not the overflow entry, which stands for many keys)
+            self._last, self._last_until = entry, hour + 3600.0
         return entry
 
     def take_batch(self, now: float | None = None) -> UsageBatch | None:
@@ -264,6 +273,7 @@ class UsageMeter:
             f"{self._boot}-{self._seq}", self._since, now, tuple(self._current.values())
         )
         self._current = {}
+        self._last = None
         self._since = now
         self._pending = batch
         return batch

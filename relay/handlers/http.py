@@ -33,6 +33,12 @@ MAX_QUEUED_REQUESTS = 16
 MAX_ATTEMPTS = 3
 
 
+#: Request headers the handler looks at or drops; any other passes as it is.
+_REQUEST_SPECIAL = http1.HOP_BY_HOP | {
+    b"content-length", b"x-request-id", b"x-forwarded-for", b"authorization", b"x-api-key",
+}  # fmt: skip
+
+
 class HttpConnection(asyncio.Protocol):
     # Slots: one object per client connection, held for as long as it stays open (idle
     # keep-alive connections and long streams): a dict of 27 attributes would be ~1 KiB more.
@@ -192,20 +198,20 @@ class HttpConnection(asyncio.Protocol):
         authorization = api_key = b""
         chunked = False
         declared_length = 0
-        # One pass over the client's headers (once per request): what goes upstream, and
-        # what we need to know of them.
-        drop = http1.HOP_BY_HOP
-        for name, value in self._headers:
-            if name.lower() == b"connection":
-                drop = drop | http1.connection_tokens([(name, value)])
-        headers: http1.Headers = []
+        # One pass over the client's headers (once per request): the head that goes upstream
+        # is built as it goes, and what we need to know of them is picked up on the way. Most
+        # headers are no business of ours: one set lookup each.
+        drop = http1.connection_named(self._headers)
+        lines = [method + b" " + self._url + b" HTTP/1.1"]
         for name, value in self._headers:
             lower = name.lower()
+            if lower not in _REQUEST_SPECIAL:
+                if drop is None or lower not in drop:
+                    lines.append(name + b": " + value)
+                continue
             if lower == b"transfer-encoding":
                 chunked = chunked or b"chunked" in value.lower()
-            if lower in drop:
-                continue
-            if lower == b"content-length":
+            elif lower == b"content-length":
                 # httptools checked it already
                 declared_length = int(value) if value.strip().isdigit() else 0
             elif lower == b"x-request-id":
@@ -219,18 +225,20 @@ class HttpConnection(asyncio.Protocol):
                 authorization = value
             elif lower == b"x-api-key":
                 api_key = value
-            headers.append((name, value))
+            if lower in http1.HOP_BY_HOP or (drop is not None and lower in drop):
+                continue
+            lines.append(name + b": " + value)
         if not request_id:
             request_id = http1.new_request_id()
         client_ip = self.peer_ip.encode()
-        headers.append(
-            (b"X-Forwarded-For", forwarded + b", " + client_ip if forwarded else client_ip)
+        lines.append(
+            b"X-Forwarded-For: " + (forwarded + b", " + client_ip if forwarded else client_ip)
         )
-        headers.append((b"X-Request-ID", request_id))
+        lines.append(b"X-Request-ID: " + request_id)
         if chunked:
-            headers.append((b"Transfer-Encoding", b"chunked"))
-        headers.append((b"Connection", b"keep-alive"))
-        head = http1.request_head(method, self._url, headers)
+            lines.append(b"Transfer-Encoding: chunked")
+        lines.append(b"Connection: keep-alive\r\n\r\n")
+        head = b"\r\n".join(lines)
         self._headers = []  # not kept for as long as the exchange runs
         self._url = b""
         exchange = Exchange(self, method, head, request_id, parser.should_keep_alive(), chunked)
@@ -383,7 +391,7 @@ class HttpConnection(asyncio.Protocol):
                 exchange.body_too_large(self.options.max_body_size)
             return
         # Pooled under where it really leads: failover may have picked another node.
-        pool_key = (dialed.node, str(route.target))
+        pool_key = (dialed.node, route.target_text)
         upstream = UpstreamConnection(dialed.transport, dialed.node, pool_key)
         dialed.pending.hand_over(upstream)
         exchange.bind(upstream)

@@ -17,6 +17,10 @@ if TYPE_CHECKING:
     from relay.handlers.http_exchange import Exchange
 
 _NO_BODY_STATUS = (204, 304)
+#: Response headers the handler looks at, drops or replaces; any other passes as it is.
+_RESPONSE_SPECIAL = http1.HOP_BY_HOP | {
+    b"content-length", b"content-type", b"cache-control", b"alt-svc",
+}  # fmt: skip
 _SSE = b"text/event-stream"
 _JSON = b"application/json"
 
@@ -126,50 +130,64 @@ class UpstreamConnection(asyncio.Protocol):
             exchange.send_to_client(http1.response_head(status, self._reason, self._headers))
             self._headers = []
             return
-        # One pass over the origin's headers (this runs once per request): what the client
-        # gets, and what we need to know of them.
+        # One pass over the origin's headers (this runs once per request): the head the client
+        # gets is built as it goes, and what we need to know of them is picked up on the way.
+        # Most headers are no business of ours: one set lookup each.
         has_length = upstream_chunked = False
         content_type = b""
-        drop = http1.HOP_BY_HOP
-        for name, value in self._headers:
-            if name.lower() == b"connection":
-                drop = drop | http1.connection_tokens([(name, value)])
-        headers: http1.Headers = []
+        cache_control: list[bytes] = []
+        alt_svc: list[bytes] = []
+        drop = http1.connection_named(self._headers)
+        lines = [b"HTTP/1.1 %d %s" % (status, self._reason or http1.REASONS.get(status, b""))]
         for name, value in self._headers:
             lower = name.lower()
+            line = name + b": " + value
+            if lower not in _RESPONSE_SPECIAL:
+                if drop is None or lower not in drop:
+                    lines.append(line)
+                continue
             if lower == b"transfer-encoding":
                 upstream_chunked = upstream_chunked or b"chunked" in value.lower()
-            if lower in drop:
+            if lower in http1.HOP_BY_HOP or (drop is not None and lower in drop):
                 continue
             if lower == b"content-length":
                 has_length = True
             elif lower == b"content-type":
                 content_type = value.lower()
-            headers.append((name, value))
+            elif lower == b"cache-control":
+                cache_control.append(line)
+                continue
+            elif lower == b"alt-svc":
+                alt_svc.append(line)
+                continue
+            lines.append(line)
         no_body = exchange.is_head or status in _NO_BODY_STATUS
         self._chunked_out = not has_length and not no_body
         self._close_delimited = self._chunked_out and not upstream_chunked
         if self._chunked_out:
-            headers.append((b"transfer-encoding", b"chunked"))
+            lines.append(b"transfer-encoding: chunked")
         exchange.json_body = content_type.startswith(_JSON)
         if content_type.startswith(_SSE):
             exchange.sse = True
             # Tell any buffering proxy or CDN in front of us to pass events through at once.
-            headers = [(n, v) for n, v in headers if n.lower() != b"cache-control"]
-            headers.append((b"cache-control", b"no-cache"))
-            headers.append((b"x-accel-buffering", b"no"))
+            lines.append(b"cache-control: no-cache")
+            lines.append(b"x-accel-buffering: no")
+        else:
+            lines.extend(cache_control)
         if (exchange.sse or exchange.json_body) and exchange.conn.service.usage is not None:
             exchange.tail = []
-        alt_svc = exchange.conn.service.alt_svc
-        if alt_svc is not None:
-            # Ours replaces the origin's: it names where *this* host serves HTTP/3.
-            headers = [(n, v) for n, v in headers if n.lower() != b"alt-svc"]
-            headers.append((b"alt-svc", alt_svc))
-        headers.append((b"x-request-id", exchange.request_id))
-        headers.append((b"connection", b"keep-alive" if exchange.client_keep_alive else b"close"))
+        ours = exchange.conn.service.alt_svc
+        # Ours replaces the origin's: it names where *this* host serves HTTP/3.
+        lines.extend(alt_svc if ours is None else (b"alt-svc: " + ours,))
+        lines.append(b"x-request-id: " + exchange.request_id)
+        lines.append(
+            b"connection: keep-alive\r\n\r\n"
+            if exchange.client_keep_alive
+            else b"connection: close\r\n\r\n"
+        )
         self._head_sent = True
         self._headers = []  # not kept for as long as the stream runs
-        exchange.response_started(status, http1.response_head(status, self._reason, headers))
+        exchange.response_started(status, b"\r\n".join(lines))
         if exchange.is_head:
             # httptools cannot be told to skip a HEAD answer's body: end the exchange here and
             # never reuse the connection.

@@ -64,6 +64,23 @@ def connection_tokens(headers: Headers) -> set[bytes]:
     return tokens
 
 
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})
+
+
+def connection_named(headers: Headers) -> frozenset[bytes] | None:
+    """Header names a ``Connection`` header lists beyond the hop-by-hop ones (they are
+    hop-by-hop for this message too); None when there are none, as almost always."""
+    named: set[bytes] | None = None
+    for name, value in headers:
+        if len(name) == 10 and name.lower() == b"connection":
+            if value.lower() in _PLAIN_CONNECTION:
+                continue  # the usual values: nothing to parse
+            tokens = connection_tokens([(name, value)]) - HOP_BY_HOP - {b"close"}
+            if tokens:
+                named = tokens if named is None else named | tokens
+    return frozenset(named) if named is not None else None
+
+
 def end_to_end(headers: Headers) -> Headers:
     """``headers`` without hop-by-hop ones (and without those named by ``Connection``)."""
     drop = HOP_BY_HOP | connection_tokens(headers)
