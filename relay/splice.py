@@ -16,7 +16,7 @@ from relay.transports.base import PendingProtocol
 
 
 class SpliceEnd(asyncio.Protocol):
-    __slots__ = ("_done", "_stats", "eof", "from_client", "peer", "transport")
+    __slots__ = ("_done", "_stats", "eof", "from_client", "peer", "prefix", "transport")
 
     def __init__(
         self,
@@ -31,16 +31,28 @@ class SpliceEnd(asyncio.Protocol):
         self.eof = False
         self._stats = stats
         self._done = done
+        #: Bytes owed to the peer in front of the first ones read here (see ``splice``).
+        self.prefix = b""
 
     def data_received(self, data: bytes) -> None:
         # DANGER ZONE: runs for every chunk of every tunneled connection.
-        self.peer.transport.write(data)
+        if self.prefix:
+            self.peer.transport.write(self.prefix + data)
+            self.prefix = b""
+        else:
+            self.peer.transport.write(data)
         if self.from_client:
             self._stats.bytes_in += len(data)
         else:
             self._stats.bytes_out += len(data)
 
+    def flush_prefix(self) -> None:
+        prefix, self.prefix = self.prefix, b""
+        if prefix and not self.peer.transport.is_closing():
+            self.peer.transport.write(prefix)
+
     def eof_received(self) -> bool:
+        self.flush_prefix()
         self.eof = True
         peer = self.peer.transport
         if self.peer.eof or not peer.can_write_eof():
@@ -57,6 +69,8 @@ class SpliceEnd(asyncio.Protocol):
         self.peer.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if exc is None:
+            self.flush_prefix()  # (a reset is no answer: the client sees the tunnel fail)
         # close() lets the peer flush what it still holds; then both ends are gone.
         self.peer.transport.close()
         self._done()
@@ -69,8 +83,13 @@ def splice(
     stats: ServiceStats,
     buffer_size: int,
     on_close: Callable[[], None],
+    answer: bytes = b"",
 ) -> None:
-    """Forward bytes both ways until both ends are closed; ``on_close`` runs once at the end."""
+    """Forward bytes both ways until both ends are closed; ``on_close`` runs once at the end.
+
+    ``answer`` is written to the client in front of the first bytes from upstream (or when
+    upstream ends without a byte): the relay server's OK, coalesced with the target's answer.
+    """
     closed = 0
 
     def end_closed() -> None:
@@ -82,6 +101,7 @@ def splice(
     down = SpliceEnd(client, stats, True, end_closed)
     up = SpliceEnd(upstream, stats, False, end_closed)
     down.peer, up.peer = up, down
+    up.prefix = answer
     client.set_write_buffer_limits(high=buffer_size)
     upstream.set_write_buffer_limits(high=buffer_size)
     client.set_protocol(down)

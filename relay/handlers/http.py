@@ -39,13 +39,30 @@ _REQUEST_SPECIAL = http1.HOP_BY_HOP | {
 }  # fmt: skip
 
 
+#: Key hashes of the credentials seen lately (see ``_key``); cleared when it reaches its bound.
+_KEYS: dict[tuple[bytes, bytes], str] = {}
+_KEYS_MAX = 4096
+
+
+def _key(authorization: bytes, api_key: bytes) -> str:
+    """The request's API key hash (``relay.usage.key_of``). A service sees few distinct
+    credentials, sent again on every request and every new connection: each is hashed once."""
+    credentials = (authorization, api_key)
+    key = _KEYS.get(credentials)
+    if key is None:
+        if len(_KEYS) >= _KEYS_MAX:
+            _KEYS.clear()
+        key = _KEYS[credentials] = key_of(authorization, api_key)
+    return key
+
+
 class HttpConnection(asyncio.Protocol):
     # Slots: one object per client connection, held for as long as it stays open (idle
-    # keep-alive connections and long streams): a dict of 27 attributes would be ~1 KiB more.
+    # keep-alive connections and long streams): a dict of 26 attributes would be ~1 KiB more.
     __slots__ = (
         "_active", "_admitted", "_advance_handle", "_between_requests", "_closing", "_corked",
         "_current", "_dialing", "_head_bytes", "_head_started", "_headers", "_idle_since",
-        "_key_cache", "_opened_at", "_parser", "_pool", "_queue", "_reading_paused", "_refusal",
+        "_opened_at", "_parser", "_pool", "_queue", "_reading_paused", "_refusal",
         "_timer", "_url", "client_paused", "loop", "options", "peer_ip", "service", "transport",
     )  # fmt: skip
 
@@ -88,8 +105,6 @@ class HttpConnection(asyncio.Protocol):
         self._admitted = False
         #: A connection-level refusal (shield block, climiter) answers every request with it.
         self._refusal: Verdict | None = None
-        #: (Authorization, x-api-key, key hash) of the last request (see ``_key``).
-        self._key_cache: tuple[bytes, bytes, str] | None = None
 
     # --- asyncio.Protocol -------------------------------------------------------------------
 
@@ -246,7 +261,7 @@ class HttpConnection(asyncio.Protocol):
             self._body_too_large(exchange)
         client = self.service.client_ip(self.peer_ip, forwarded)
         exchange.client = client
-        exchange.key = self._key(authorization, api_key)
+        exchange.key = _key(authorization, api_key)
         verdict = self._refusal or self.service.admit_request(client, self.loop.time())
         if verdict.allowed and self.service.usage is not None:
             verdict = self.service.usage_verdict(exchange.key)
@@ -286,16 +301,6 @@ class HttpConnection(asyncio.Protocol):
         if self._current is not None:
             self._current.end_body()
             self._current = None
-
-    def _key(self, authorization: bytes, api_key: bytes) -> str:
-        """The request's API key hash; the last one is kept per connection (clients send the
-        same token on every request of a connection), so hashing happens once per token."""
-        cached = self._key_cache
-        if cached is not None and cached[0] == authorization and cached[1] == api_key:
-            return cached[2]
-        key = key_of(authorization, api_key)
-        self._key_cache = (authorization, api_key, key)
-        return key
 
     # --- serving ----------------------------------------------------------------------------
     # DANGER ZONE: runs once per request. A request that finds an idle upstream connection is
