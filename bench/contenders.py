@@ -92,6 +92,8 @@ class Contender:
     hops: int
     variant: str
     description: str
+    #: Relay only: ``workers`` of each relay process (the edge and the core).
+    workers: int = 1
 
     def missing(self) -> str | None:
         """What must be installed before this contender can run, or None."""
@@ -123,11 +125,12 @@ def _start_direct(contender: Contender, env: Env, directory: Path) -> Running:
 
 
 def _relay_process(
-    name: str, config: dict[str, Any], env: Env, directory: Path
+    name: str, config: dict[str, Any], env: Env, directory: Path, workers: int = 1
 ) -> tuple[Proc, int, Callable[[int], None]]:
     api, metrics = free_port(), free_port()
     config = {
         **config,
+        **({"workers": workers} if workers > 1 else {}),
         "log": {"level": "warn"},
         "shutdownTimeout": "1s",
         "api": {"addr": f"127.0.0.1:{api}"},
@@ -196,7 +199,9 @@ def _start_relay(contender: Contender, env: Env, directory: Path) -> Running:
                     }
                 ]
             }
-            core_proc, core_api, core_reload = _relay_process("core", core, env, directory)
+            core_proc, core_api, core_reload = _relay_process(
+                "core", core, env, directory, contender.workers
+            )
             running.procs.append(core_proc)
             running.metrics_ports.append(core_api)
             reloaders.append(core_reload)
@@ -214,7 +219,9 @@ def _start_relay(contender: Contender, env: Env, directory: Path) -> Running:
         else:
             edge_service["forwarder"] = origin
             edge = {"services": [edge_service]}
-        edge_proc, edge_api, edge_reload = _relay_process("edge", edge, env, directory)
+        edge_proc, edge_api, edge_reload = _relay_process(
+            "edge", edge, env, directory, contender.workers
+        )
     except StartError:
         running.stop()
         raise
@@ -480,6 +487,9 @@ CONTENDERS: tuple[Contender, ...] = (
     Contender("direct", "direct", 0, "", "client -> origin, no proxy (the baseline)"),
     Contender("relay-1hop", "relay", 1, "", "relay http service -> origin (forwarder)"),
     Contender("relay-2hop-tcp", "relay", 2, "tcp", "relay edge (http) -> core (relay) over tcp"),
+    Contender(
+        "relay-2hop-tcp-w2", "relay", 2, "tcp", "as relay-2hop-tcp, each relay with workers: 2", 2
+    ),
     Contender("relay-2hop-tls", "relay", 2, "tls", "relay edge (http) -> core (relay) over TLS"),
     Contender("relay-2hop-wss", "relay", 2, "wss", "relay edge (http) -> core (relay) over wss"),
     Contender("relay-2hop-quic", "relay", 2, "quic", "relay edge (http) -> core over QUIC"),
