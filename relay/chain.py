@@ -449,6 +449,10 @@ class Chain:
             await asyncio.sleep(interval)
             if node.fails == 0:
                 return  # a client's dial got through meanwhile
+            # Benched through the whole probe and one interval after it: a probe can overrun
+            # its timeout by a few milliseconds, and a client dialing in that gap would wait
+            # out a whole handshake timeout.
+            node.failed_until = max(node.failed_until, loop.time() + dialer.timeout + interval)
             try:
                 await probe_quic(node.config.addr, dialer, self.base_dir)
             except (OSError, TimeoutError, ssl.SSLError, TransportError) as exc:

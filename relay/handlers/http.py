@@ -58,11 +58,11 @@ def _key(authorization: bytes, api_key: bytes) -> str:
 
 class HttpConnection(asyncio.Protocol):
     # Slots: one object per client connection, held for as long as it stays open (idle
-    # keep-alive connections and long streams): a dict of 26 attributes would be ~1 KiB more.
+    # keep-alive connections and long streams): a dict of 27 attributes would be ~1 KiB more.
     __slots__ = (
-        "_active", "_admitted", "_advance_handle", "_between_requests", "_closing", "_corked",
-        "_current", "_dialing", "_head_bytes", "_head_started", "_headers", "_idle_since",
-        "_opened_at", "_parser", "_pool", "_queue", "_reading_paused", "_refusal",
+        "_active", "_admitted", "_advance_due", "_advance_handle", "_between_requests", "_closing",
+        "_corked", "_current", "_dialing", "_head_bytes", "_head_started", "_headers",
+        "_idle_since", "_opened_at", "_parser", "_pool", "_queue", "_reading_paused", "_refusal",
         "_timer", "_url", "client_paused", "loop", "options", "peer_ip", "service", "transport",
     )  # fmt: skip
 
@@ -89,6 +89,8 @@ class HttpConnection(asyncio.Protocol):
         self._queue: list[Exchange] = []
         self._active: Exchange | None = None  # being served
         self._advance_handle: asyncio.Handle | None = None
+        #: ``_advance`` is owed at the end of the callback running now (see ``exchange_ended``).
+        self._advance_due = False
         #: The dial of the active exchange's upstream, while it runs.
         self._dialing: asyncio.Task[None] | None = None
         #: Why reading the client is paused (body backpressure, queue, oversized); None: never.
@@ -143,8 +145,12 @@ class HttpConnection(asyncio.Protocol):
             return
         if self._head_bytes > self.options.max_header_size:
             self._reject(431, "header_too_large", "request head too large")
-        elif self._between_requests:
+            return
+        if self._between_requests:
             self._parser = None
+        if self._advance_due:  # a request head came in: serve it now that the read is parsed
+            self._advance_due = False
+            self._advance()
 
     def eof_received(self) -> bool:
         # Half-closed client: finish the exchange in flight, then close.
@@ -272,7 +278,7 @@ class HttpConnection(asyncio.Protocol):
         if len(self._queue) > MAX_QUEUED_REQUESTS:
             self.pause_reading_for_body("queue")
         if self._active is None:
-            self._schedule_advance()
+            self._advance_due = True  # at the end of data_received, with the body read so far
 
     def on_body(self, body: bytes) -> None:
         exchange = self._current
@@ -310,18 +316,25 @@ class HttpConnection(asyncio.Protocol):
     # several loop iterations and ~20 µs each time. Only dialing a new tunnel runs as a task.
 
     def exchange_ended(self, exchange: Exchange) -> None:
-        """Called by ``exchange`` once its outcome is set; the rest happens in ``_advance``,
-        outside the parser callback that ended it (as a future's waiter would have run)."""
+        """Called by ``exchange`` once its outcome is set. The rest happens in ``_advance``,
+        outside the parser callback that ended it: at the end of the upstream read that ended
+        it (``uncork``), else in a loop callback of its own."""
         if exchange is self._active:
-            self._schedule_advance()
+            if self._corked is not None:
+                self._advance_due = True
+            else:
+                self._schedule_advance()
 
     def _schedule_advance(self) -> None:
         if self._advance_handle is None:
-            self._advance_handle = self.loop.call_soon(self._advance)
+            self._advance_handle = self.loop.call_soon(self._advance_soon)
+
+    def _advance_soon(self) -> None:
+        self._advance_handle = None
+        self._advance()
 
     def _advance(self) -> None:
         """Conclude the exchange that ended, then start the next queued one, go idle, or close."""
-        self._advance_handle = None
         try:
             active = self._active
             if active is not None:
@@ -458,6 +471,9 @@ class HttpConnection(asyncio.Protocol):
         chunks, self._corked = self._corked, None
         if chunks:
             self.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        if self._advance_due:  # the exchange ended in this read: conclude it now
+            self._advance_due = False
+            self._advance()
 
     def abort(self) -> None:
         self._closing = True
