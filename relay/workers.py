@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 RESTART_BACKOFF = (0.5, 30.0)
 #: Per-process families are kept apart with a ``worker`` label instead of being summed.
 _PER_PROCESS_PREFIXES = ("process_", "python_")
+#: Gauges every worker holds the same value of (not a share of a total): merged with min, so
+#: the config version reads as the version all workers run (the oldest one during a reload).
+_SAME_IN_EVERY_WORKER = frozenset({"aicdn_config_version", "aicdn_usage_blocked_keys"})
 
 
 @dataclass
@@ -266,7 +269,8 @@ async def serve_worker_control(node: AdminTarget, path: str) -> asyncio.Abstract
 
 
 def merge_expositions(parts: list[tuple[int, bytes]]) -> bytes:
-    """One exposition from several workers': samples with equal name and labels are summed;
+    """One exposition from several workers': samples with equal name and labels are summed
+    (gauges that every worker holds alike, ``_SAME_IN_EVERY_WORKER``, take the least);
     per-process families (``process_*``, ``python_*``) get a ``worker`` label instead."""
     order: list[str] = []
     families: dict[str, tuple[str, str]] = {}
@@ -278,6 +282,7 @@ def merge_expositions(parts: list[tuple[int, bytes]]) -> bytes:
                 families[family.name] = (family.type, family.documentation)
                 samples[family.name] = {}
             per_process = family.name.startswith(_PER_PROCESS_PREFIXES)
+            alike = family.name in _SAME_IN_EVERY_WORKER
             bucket = samples[family.name]
             for sample in family.samples:
                 if sample.name.endswith("_created"):
@@ -286,7 +291,12 @@ def merge_expositions(parts: list[tuple[int, bytes]]) -> bytes:
                 if per_process:
                     labels["worker"] = str(index)
                 key = (sample.name, tuple(sorted(labels.items())))
-                bucket[key] = bucket.get(key, 0.0) + sample.value
+                if key not in bucket:
+                    bucket[key] = sample.value
+                elif alike:
+                    bucket[key] = min(bucket[key], sample.value)
+                else:
+                    bucket[key] += sample.value
     lines: list[str] = []
     for name in order:
         kind, doc = families[name]

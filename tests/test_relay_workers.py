@@ -93,3 +93,21 @@ def test_merge_sums_samples_and_keeps_processes_apart() -> None:
     assert 'aicdn_connections_active{service="e"} 5.0' in merged
     assert 'process_open_fds{worker="0"} 10.0' in merged
     assert 'process_open_fds{worker="1"} 12.0' in merged
+
+
+def test_merge_reports_the_config_version_all_workers_run() -> None:
+    def worker(version: float) -> bytes:
+        return (
+            b"# HELP aicdn_config_version v\n# TYPE aicdn_config_version gauge\n"
+            b"aicdn_config_version %r\n" % version
+        )
+
+    # Two workers on version 5 run version 5 (not 10); mid-reload, the one still on 4 shows.
+    assert (
+        "aicdn_config_version 5.0"
+        in merge_expositions([(0, worker(5.0)), (1, worker(5.0))]).decode()
+    )
+    assert (
+        "aicdn_config_version 4.0"
+        in merge_expositions([(0, worker(5.0)), (1, worker(4.0))]).decode()
+    )
