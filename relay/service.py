@@ -28,6 +28,14 @@ log = logging.getLogger(__name__)
 _DENY_QUOTA = Verdict(False, "quota", 0.0)
 
 
+def _metadata_flag(metadata: dict[str, object], name: str) -> bool:
+    """A boolean of handler ``metadata`` as gost reads one: key in any case, true or "true"."""
+    for key, value in metadata.items():
+        if key.lower() == name:
+            return value is True or str(value).strip().lower() in ("true", "1", "yes")
+    return False
+
+
 class Connection(Protocol):
     """A client connection as the service tracks it (for draining and shutdown)."""
 
@@ -97,6 +105,11 @@ class ServiceRuntime:
         #: The node's resumable streams (relay handler), shared by its services and reloads;
         #: None: resume is off here (a resume feature is then ignored, as gost does).
         self.resume_sessions: SessionTable | None = None
+        #: ``relay`` handler, gost's ``nodelay`` metadata: send the OK as soon as the target is
+        #: connected, for clients that read it before they send anything (gost's connector
+        #: with ``nodelay``). Else it rides in front of the target's first bytes, as gost's
+        #: handler does by default.
+        self.answer_at_once = _metadata_flag(config.handler.metadata, "nodelay")
         #: Per-key usage of the node (http handler), set by the node; None: not counted.
         self.usage: UsageMeter | None = None
         #: The node's access log, set by the node; None: no access log.

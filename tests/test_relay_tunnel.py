@@ -40,6 +40,37 @@ async def test_authenticated_tunnel_reaches_default_target(
     assert rest.startswith(b"HTTP/1.1 200")
 
 
+async def _answer_to_a_silent_client(port: int) -> bytes:
+    """What the core sends a client that sent its header and nothing else, within 1 s (the
+    origin speaks only when spoken to)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(relay_v1.encode_request(Request(**AUTH)))
+    try:
+        return await asyncio.wait_for(reader.read(64), 1.0)
+    except TimeoutError:
+        return b""
+    finally:
+        writer.close()
+
+
+async def test_ok_rides_with_the_targets_first_bytes_unless_nodelay(
+    start_node: StartNode, origin: int
+) -> None:
+    # By default the OK waits for the target's first bytes (one write fewer per tunnel, as
+    # gost's handler does); gost's ``nodelay`` handler metadata sends it at once, for clients
+    # that read it before they send anything.
+    lazy = await start_node(core_mapping("tcp", origin))
+    eager = await start_node(core_mapping("tcp", origin, metadata={"nodelay": True}))
+
+    assert await _answer_to_a_silent_client(lazy.bound_port("core")) == b""
+    ok = relay_v1.encode_response(Status.OK)
+    assert await _answer_to_a_silent_client(eager.bound_port("core")) == ok
+    get = request_bytes("GET", "/healthz", headers={"connection": "close"})
+    for core in (lazy, eager):
+        head, rest = await _tunnel(core.bound_port("core"), Request(**AUTH), get)
+        assert head == ok and rest.startswith(b"HTTP/1.1 200")
+
+
 @pytest.mark.parametrize(
     ("username", "password"), [("edge-1", "wrong"), ("intruder", "s3cret"), (None, None)]
 )

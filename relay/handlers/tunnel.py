@@ -34,8 +34,7 @@ class _TunnelConnection(asyncio.Protocol):
     # Slots: one per tunnel, held for as long as it stays open.
     __slots__ = (
         "_admitted", "_connecting", "_early", "_lost", "_started", "_task", "_upstream", "peer_ip",
-        "refused",
-        "service", "transport",
+        "refused", "service", "transport",
     )  # fmt: skip
 
     def __init__(self, service: ServiceRuntime) -> None:
@@ -277,10 +276,15 @@ class RelayServerConnection(_TunnelConnection):
         if self._resumable is not None and self.service.resume_sessions is not None:
             self._open_resumable(dialed, self._resumable, self.service.resume_sessions)
             return
-        # The OK rides in front of the target's first bytes (the client reads it lazily, see
-        # ``relay.connector``): one write and one wake-up fewer per tunnel on both nodes.
-        # The client learns nothing sooner from an OK alone: a refusal is still sent at once.
-        self._splice(dialed, self._take_early(), _OK)  # closes the upstream if the client left
+        if self.service.answer_at_once:
+            if not self._lost and not self.transport.is_closing():
+                self.transport.write(_OK)
+            self._splice(dialed, self._take_early())  # closes the upstream if the client left
+            return
+        # The OK rides in front of the target's first bytes, as gost's handler sends it (our
+        # connector reads it lazily, see ``relay.connector``): one write and one wake-up fewer
+        # per tunnel on both nodes. A refusal is still sent at once.
+        self._splice(dialed, self._take_early(), _OK)
 
     def _open_resumable(self, dialed: Dialed, feature: OpenRequest, sessions: SessionTable) -> None:
         """Carry the tunnel as a resumable stream: its protocol owns both transports, and
