@@ -273,16 +273,7 @@ class Exchange:
         node = self.upstream.node if self.upstream else ""
         service.metrics.upstream_error(service.name, node, reason)
         log.warning("service %s request %s: %s", service.name, self.request_id.decode(), message)
-        if self.upstream is not None:
-            self.upstream.exchange = None
-            self.upstream.transport.abort()
-        if self.response_begun:
-            self._record(self.status)
-            self.conn.abort()
-        else:
-            self.conn.answer_error(self, status, error, message)
-        if self.outcome is None:
-            self.end(Outcome.FAILED)
+        self._abandon(status, error, message)
 
     def body_too_large(self, limit: int) -> None:
         """End the exchange because the request body exceeds ``limit`` (``maxBodySize``):
@@ -296,6 +287,12 @@ class Exchange:
             self.request_id.decode(),
             limit,
         )
+        message = f"request body exceeds maxBodySize ({limit} bytes)"
+        self._abandon(413, "payload_too_large", message)
+
+    def _abandon(self, status: int, error: str, message: str) -> None:
+        """Drop the upstream and end the exchange: with a JSON ``status`` answer while no
+        response has begun, else by aborting the client connection (a broken stream)."""
         if self.upstream is not None:
             self.upstream.exchange = None
             self.upstream.transport.abort()
@@ -303,8 +300,7 @@ class Exchange:
             self._record(self.status)
             self.conn.abort()
         else:
-            message = f"request body exceeds maxBodySize ({limit} bytes)"
-            self.conn.answer_error(self, 413, "payload_too_large", message)
+            self.conn.answer_error(self, status, error, message)
         if self.outcome is None:
             self.end(Outcome.FAILED)
 
