@@ -204,4 +204,6 @@ def _outcome(result: PhaseResult, cancel: CancelCheck) -> Outcome:
         return Outcome("failed", f"{result.playbook} could not run: {result.error}")
     failing = [h.host for h in result.hosts if h.status != "ok"]
     where = f" on {', '.join(failing)}" if failing else ""
+    if result.rc is None and result.error:
+        return Outcome("failed", f"{result.playbook} failed{where}: {result.error}")
     return Outcome("failed", f"{result.playbook} failed{where} (rc {result.rc})")

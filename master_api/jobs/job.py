@@ -65,6 +65,20 @@ __all__ = ["CancelCheck", "DeploymentJob", "JobError", "RollbackJob"]
 
 log = logging.getLogger(__name__)
 
+#: How much of the runner's output a run without an exit code reports.
+_OUTPUT_TAIL = 1500
+
+
+def _runner_output_tail(private_data_dir: Path, ident: str) -> str:
+    """The end of what ansible-runner wrote for the run ``ident`` (its ``stdout`` artifact)."""
+    path = private_data_dir / "artifacts" / ident / "stdout"
+    try:
+        text = path.read_text(errors="replace").strip()
+    except OSError as exc:
+        return f"no runner output ({exc.strerror or exc})"
+    return text[-_OUTPUT_TAIL:] or "the runner wrote nothing"
+
+
 #: How long runner waits for output before it calls the cancel callback again (seconds): the
 #: bound on how late a cancel is noticed, and how often quiet runs flush their events.
 PEXPECT_TIMEOUT = 0.5
@@ -312,13 +326,24 @@ class DeploymentJob:
             runner = ansible_runner.run(
                 **self.build_runner_kwargs(private_data_dir, inventory, recorder)
             )
+            rc = runner.rc if isinstance(runner.rc, int) else None
+            error = None
+            if rc is None and str(runner.status) == "failed":
+                # ansible-playbook never ran to an exit code: the runner's own output is the
+                # only account of why, and the private data dir goes away below.
+                error = _runner_output_tail(private_data_dir, self.playbook)
+                log.warning(
+                    "deployment %s: %s ended without an exit code: %s",
+                    self.deployment.id, self.playbook, error,
+                )  # fmt: skip
             return PhaseResult(
                 playbook=self.playbook,
                 status=str(runner.status),
-                rc=runner.rc if isinstance(runner.rc, int) else None,
+                rc=rc,
                 hosts=recorder.host_results(),
                 touched=recorder.touched,
                 config_versions={node_id: c.version for node_id, c in configs.items()},
+                error=error,
             )
         except JobError as exc:
             return self._error(str(exc))
