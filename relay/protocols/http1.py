@@ -81,18 +81,6 @@ def connection_named(headers: Headers) -> frozenset[bytes] | None:
     return frozenset(named) if named is not None else None
 
 
-def end_to_end(headers: Headers) -> Headers:
-    """``headers`` without hop-by-hop ones (and without those named by ``Connection``)."""
-    drop = HOP_BY_HOP | connection_tokens(headers)
-    return [(n, v) for n, v in headers if n.lower() not in drop]
-
-
-def request_head(method: bytes, target: bytes, headers: Headers) -> bytes:
-    lines = [method + b" " + target + b" HTTP/1.1"]
-    lines.extend(n + b": " + v for n, v in headers)
-    return b"\r\n".join(lines) + b"\r\n\r\n"
-
-
 def response_head(status: int, reason: bytes, headers: Headers) -> bytes:
     lines = [b"HTTP/1.1 %d %s" % (status, reason or REASONS.get(status, b""))]
     lines.extend(n + b": " + v for n, v in headers)
