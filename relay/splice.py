@@ -16,21 +16,24 @@ from relay.transports.base import PendingProtocol
 
 
 class SpliceEnd(asyncio.Protocol):
-    __slots__ = ("_done", "_stats", "eof", "from_client", "peer", "prefix", "transport")
+    # Slots, and no closure for "both ends closed" (~200 bytes per tunnel): each end knows
+    # whether it is gone, and the one that goes last runs ``on_close``.
+    __slots__ = ("_on_close", "_stats", "eof", "from_client", "gone", "peer", "prefix", "transport")
 
     def __init__(
         self,
         transport: asyncio.Transport,
         stats: ServiceStats,
         from_client: bool,
-        done: Callable[[], None],
+        on_close: Callable[[], None],
     ) -> None:
         self.transport = transport
         self.peer: SpliceEnd
         self.from_client = from_client
         self.eof = False
+        self.gone = False
         self._stats = stats
-        self._done = done
+        self._on_close = on_close
         #: Bytes owed to the peer in front of the first ones read here (see ``splice``).
         self.prefix = b""
 
@@ -69,11 +72,15 @@ class SpliceEnd(asyncio.Protocol):
         self.peer.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.gone:
+            return
         if exc is None:
             self.flush_prefix()  # (a reset is no answer: the client sees the tunnel fail)
         # close() lets the peer flush what it still holds; then both ends are gone.
         self.peer.transport.close()
-        self._done()
+        self.gone = True
+        if self.peer.gone:
+            self._on_close()
 
 
 def splice(
@@ -90,16 +97,8 @@ def splice(
     ``answer`` is written to the client in front of the first bytes from upstream (or when
     upstream ends without a byte): the relay server's OK, coalesced with the target's answer.
     """
-    closed = 0
-
-    def end_closed() -> None:
-        nonlocal closed
-        closed += 1
-        if closed == 2:
-            on_close()
-
-    down = SpliceEnd(client, stats, True, end_closed)
-    up = SpliceEnd(upstream, stats, False, end_closed)
+    down = SpliceEnd(client, stats, True, on_close)
+    up = SpliceEnd(upstream, stats, False, on_close)
     down.peer, up.peer = up, down
     up.prefix = answer
     client.set_write_buffer_limits(high=buffer_size)

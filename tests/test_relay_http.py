@@ -183,3 +183,53 @@ async def test_new_client_connections_reuse_idle_tunnels(
 
     assert edge.runtime("edge").stats.connections_total == 5
     assert core.runtime("core").stats.connections_total == 1
+
+
+async def _dribbling_origin() -> tuple[asyncio.Server, list[int]]:
+    """An origin that answers each request on a connection with a chunked SSE stream sent
+    one byte per write (chunk extensions and a trailer included); counts its connections."""
+    connections: list[int] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        while True:
+            try:
+                await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                break
+            head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+            head += b"transfer-encoding: chunked\r\n\r\n"
+            events = [b'data: {"seq": %d}\n\n' % i for i in range(3)]
+            body = b"".join(b"%x;ext=1\r\n%s\r\n" % (len(e), e) for e in events)
+            for byte in head + body + b"0\r\nx-checksum: 1\r\n\r\n":
+                writer.write(bytes([byte]))
+                await writer.drain()
+                await asyncio.sleep(0)
+        writer.close()
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0), connections
+
+
+async def test_a_response_cut_into_single_bytes_streams_whole_and_its_upstream_is_reused(
+    start_node: StartNode,
+) -> None:
+    server, connections = await _dribbling_origin()
+    try:
+        core = await start_node(core_mapping("tcp", server.sockets[0].getsockname()[1]))
+        edge = await start_node(edge_mapping([hop_node("core-1", "tcp", core.bound_port("core"))]))
+        reader, writer = await asyncio.open_connection("127.0.0.1", edge.bound_port("edge"))
+
+        body = json.dumps(chat(3)).encode()
+        for _ in range(2):
+            writer.write(request_bytes("POST", "/v1/chat/completions", body))
+            response = await asyncio.wait_for(read_response(reader), 10)
+
+            assert response.status == 200
+            assert [e["seq"] for _, e in response.events] == [0, 1, 2]
+            assert response.complete
+            assert "x-checksum" not in response.headers  # the origin's trailer is not passed on
+
+        assert len(connections) == 1  # the second request went over the pooled upstream
+        writer.close()
+    finally:
+        server.close()

@@ -16,6 +16,7 @@ from typing import cast
 
 import httptools
 
+from relay import deadlines
 from relay.chain import DialError
 from relay.handlers.http_exchange import Exchange, Outcome
 from relay.handlers.http_upstream import UpstreamConnection
@@ -61,9 +62,10 @@ class HttpConnection(asyncio.Protocol):
     # keep-alive connections and long streams): a dict of 27 attributes would be ~1 KiB more.
     __slots__ = (
         "_active", "_admitted", "_advance_due", "_advance_handle", "_between_requests", "_closing",
-        "_corked", "_current", "_dialing", "_head_bytes", "_head_started", "_headers",
-        "_idle_since", "_opened_at", "_parser", "_pool", "_queue", "_reading_paused", "_refusal",
-        "_timer", "_url", "client_paused", "loop", "options", "peer_ip", "service", "transport",
+        "_corked", "_current", "_deadlines", "_dialing", "_head_bytes", "_head_started",
+        "_headers", "_idle_since", "_opened_at", "_parser", "_pool", "_queue", "_reading_paused",
+        "_refusal", "_url", "_wake_slot", "client_paused", "loop", "options", "peer_ip", "service",
+        "transport",
     )  # fmt: skip
 
     def __init__(self, service: ServiceRuntime) -> None:
@@ -95,9 +97,10 @@ class HttpConnection(asyncio.Protocol):
         self._dialing: asyncio.Task[None] | None = None
         #: Why reading the client is paused (body backpressure, queue, oversized); None: never.
         self._reading_paused: set[str] | None = None
-        #: The connection's one timer: keep-alive, request head and the active exchange's
-        #: deadlines (see ``_on_timer``).
-        self._timer: asyncio.TimerHandle | None = None
+        #: The connection's one wake-up (keep-alive, request head and the active exchange's
+        #: deadlines; see ``on_deadline``): its slot in the loop's deadlines, 0 when none.
+        self._deadlines = deadlines.for_loop(self.loop)
+        self._wake_slot = 0
         #: When the connection last became idle; None while a request is in progress.
         self._idle_since: float | None = None
         self._closing = False
@@ -162,9 +165,9 @@ class HttpConnection(asyncio.Protocol):
         if self._admitted:
             self._admitted = False
             self.service.release_connection(self.peer_ip)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._wake_slot:
+            self._deadlines.remove(self, self._wake_slot)
+            self._wake_slot = 0
         if self._active is not None:
             self._active.client_gone()
         for exchange in self._queue:
@@ -535,21 +538,24 @@ class HttpConnection(asyncio.Protocol):
         self.transport.close()
 
     def _arm_keepalive(self) -> None:
-        """The connection is idle from now on. One lazily re-armed timer per connection closes
-        it after ``keepaliveTimeout`` idle, and a request head after ``headerTimeout``;
+        """The connection is idle from now on. One lazily re-armed wake-up per connection
+        closes it after ``keepaliveTimeout`` idle, and a request head after ``headerTimeout``;
         requests only store timestamps."""
         self._idle_since = self.loop.time()
-        if self._timer is None:
-            self._timer = self.loop.call_at(self._next_wake(), self._on_timer)
+        if not self._wake_slot:
+            self._wake_at(self._next_wake())
 
     def wake_by(self, deadline: float) -> None:
-        """Make the timer fire no later than ``deadline`` (an exchange's next deadline)."""
-        timer = self._timer
-        if timer is not None:
-            if timer.when() <= deadline:
+        """Make the wake-up come no later than ``deadline`` (an exchange's next deadline)."""
+        slot = self._wake_slot
+        if slot:
+            if slot * deadlines.GRAIN <= deadline:
                 return
-            timer.cancel()
-        self._timer = self.loop.call_at(deadline, self._on_timer)
+            self._deadlines.remove(self, slot)
+        self._wake_at(deadline)
+
+    def _wake_at(self, when: float) -> None:
+        self._wake_slot = self._deadlines.add(self, when)
 
     def _next_wake(self) -> float:
         # Wake at least every headerTimeout: a head that starts arriving in between is seen at
@@ -566,8 +572,8 @@ class HttpConnection(asyncio.Protocol):
         deadline = self._active.deadline() if self._active is not None else None
         return wake if deadline is None else min(wake, deadline)
 
-    def _on_timer(self) -> None:
-        self._timer = None
+    def on_deadline(self) -> None:
+        self._wake_slot = 0
         now = self.loop.time()
         active = self._active
         if active is not None:
@@ -576,7 +582,7 @@ class HttpConnection(asyncio.Protocol):
             # Only the exchange in flight (a half-closed client's) still has deadlines.
             deadline = active.deadline() if active is not None else None
             if deadline is not None and self.transport is not None:
-                self._timer = self.loop.call_at(deadline, self._on_timer)
+                self._wake_at(deadline)
             return
         options = self.options
         started = self._head_started
@@ -591,4 +597,4 @@ class HttpConnection(asyncio.Protocol):
         if started is None and since is not None and now >= since + options.keepalive_timeout:
             self.close()
             return
-        self._timer = self.loop.call_at(self._next_wake(), self._on_timer)
+        self._wake_at(self._next_wake())

@@ -218,15 +218,20 @@ class Exchange:
     def send_to_client(self, data: bytes) -> None:
         self.conn.write(data)
 
-    def send_body(self, data: bytes, payload: bytes) -> None:
-        # DANGER ZONE: once per upstream chunk (per SSE event): one length, at most one append.
-        self.response_bytes += len(payload)
+    def send_body(self, data: bytes, payload_bytes: int) -> None:
+        """Forward ``data`` (the body as the client gets it, framing included) that carried
+        ``payload_bytes`` of body; the payload itself went to ``tail`` if it is kept."""
+        # DANGER ZONE: once per upstream read (per SSE event): one sum, at most one trim.
+        self.response_bytes += payload_bytes
         tail = self.tail
-        if tail is not None:
-            tail.append(payload)
-            if len(tail) > TAIL_CHUNKS:
-                del tail[0]  # a list of 9 beats a deque(maxlen=8): ~90 bytes, not ~600
-        self.conn.write(data)
+        if tail is not None and len(tail) > TAIL_CHUNKS:
+            # A list of a few beats a deque(maxlen=8): ~90 bytes, not ~600.
+            if len(tail) == TAIL_CHUNKS + 1:
+                del tail[0]
+            else:
+                del tail[:-TAIL_CHUNKS]
+        if data:
+            self.conn.write(data)
 
     def response_complete(self, reusable: bool) -> None:
         if self.outcome is not None:

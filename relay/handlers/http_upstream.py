@@ -1,7 +1,9 @@
 """The upstream side of one HTTP exchange: parses the origin's response and streams it back.
 
-Every body chunk is written to the client the moment it is parsed (re-chunked when the client
-gets chunked encoding): no buffering, so each SSE event leaves as soon as it arrives.
+Every body read is written to the client the moment it arrives: no buffering, so each SSE
+event leaves as soon as it arrives. httptools parses the response head only; the body is
+followed by framing alone (``ChunkedBody``, a length, or the connection's end), so a chunked
+body goes out as the origin framed it and a long stream holds no parser.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import TYPE_CHECKING
 import httptools
 
 from relay.protocols import http1
+from relay.protocols.http1_body import BodyError, ChunkedBody
 
 if TYPE_CHECKING:
     from relay.handlers.http_exchange import Exchange
@@ -23,6 +26,15 @@ _RESPONSE_SPECIAL = http1.HOP_BY_HOP | {
 }  # fmt: skip
 _SSE = b"text/event-stream"
 _JSON = b"application/json"
+#: A response head longer than this is refused (httptools' own bound is far larger).
+MAX_RESPONSE_HEAD = 65536
+_HEAD_END = b"\r\n\r\n"
+
+# How the body of the response in progress is framed (``UpstreamConnection._framing``).
+_HEAD = 0  # reading a head: no body yet
+_CHUNKED = 1  # chunked: ``_chunks`` follows it; the client gets it as it is
+_LENGTH = 2  # Content-Length: ``_left`` bytes to come; the client gets the same length
+_UNTIL_CLOSE = 3  # neither: the body ends with the connection; the client gets it chunked
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -34,8 +46,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     # Slots: one per upstream connection, held for as long as a stream runs or it idles.
     __slots__ = (
-        "_chunked_out", "_close_delimited", "_head_sent", "_headers", "_parser", "_reason",
-        "closed", "error", "exchange", "node", "pool_key", "reusable", "transport",
+        "_chunks", "_framing", "_head_buf", "_headers", "_keep_alive", "_left", "_parser",
+        "_reason", "closed", "error", "exchange", "node", "pool_key", "reusable", "transport",
     )  # fmt: skip
 
     def __init__(
@@ -50,13 +62,17 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = False
         #: Why the connection ended (set by connection_lost).
         self.error: Exception | None = None
-        self._parser = httptools.HttpResponseParser(self)
+        #: The head being parsed (made per response head, dropped once it is parsed).
+        self._parser: httptools.HttpResponseParser | None = None
+        #: The start of a response head that a read cut.
+        self._head_buf = b""
         self._headers: http1.Headers = []
         self._reason = b""
-        self._chunked_out = False
-        self._head_sent = False
-        #: The origin frames its body by closing the connection (no length, not chunked).
-        self._close_delimited = False
+        self._framing = _HEAD
+        self._chunks: ChunkedBody | None = None
+        self._left = 0
+        #: The origin keeps the connection open after this response.
+        self._keep_alive = False
 
     def close(self) -> None:
         self.transport.close()
@@ -66,9 +82,11 @@ class UpstreamConnection(asyncio.Protocol):
     def attach(self, exchange: Exchange) -> None:
         self.exchange = exchange
         self.reusable = False
+        self._head_buf = b""
         self._headers = []
         self._reason = b""
-        self._head_sent = False
+        self._framing = _HEAD
+        self._chunks = None
 
     # --- asyncio.Protocol -------------------------------------------------------------------
 
@@ -79,15 +97,107 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.abort()
             return
         exchange.upstream_activity(len(data))
+        if self._framing == _CHUNKED:
+            # DANGER ZONE: every read of a chunked response (per SSE event): no copy, one write.
+            chunks = self._chunks
+            assert chunks is not None
+            before = chunks.payload_bytes
+            try:
+                out = chunks.feed(data, exchange.tail)
+            except BodyError as exc:
+                self._invalid(exchange, str(exc))
+                return
+            if not chunks.done:
+                exchange.send_body(out, chunks.payload_bytes - before)
+                return
+            conn = exchange.conn
+            conn.cork()  # the last chunk leaves with the rest, and the exchange ends in this read
+            try:
+                exchange.send_body(out, chunks.payload_bytes - before)
+                self._complete(exchange, not chunks.extra)
+            finally:
+                conn.uncork()
+            return
         conn = exchange.conn
         conn.cork()
         try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            exchange.upstream_failed(f"invalid response from upstream: {exc}")
-            self.transport.abort()
+            self._read(exchange, data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade, BodyError) as exc:
+            self._invalid(exchange, str(exc))
         finally:
             conn.uncork()
+
+    def _read(self, exchange: Exchange, data: bytes) -> None:
+        """Heads and the start of a body (the rare reads: the per-token one is above)."""
+        while data:
+            if self.exchange is not exchange:  # it ended, and more came behind it
+                self.reusable = False
+                return
+            framing = self._framing
+            if framing == _HEAD:
+                data = self._read_head(data)
+            elif framing == _CHUNKED:
+                chunks = self._chunks
+                assert chunks is not None
+                before = chunks.payload_bytes
+                exchange.send_body(chunks.feed(data, exchange.tail), chunks.payload_bytes - before)
+                if chunks.done:
+                    self._complete(exchange, not chunks.extra)
+                return
+            elif framing == _LENGTH:
+                self._read_length(exchange, data)
+                return
+            else:  # _UNTIL_CLOSE
+                if exchange.tail is not None:
+                    exchange.tail.append(data)
+                exchange.send_body(http1.chunk(data), len(data))
+                return
+
+    def _read_head(self, data: bytes) -> bytes:
+        """Feed a response head to a parser of its own; return the bytes after it."""
+        buf = self._head_buf + data if self._head_buf else data
+        end = buf.find(_HEAD_END)
+        if end < 0:
+            if len(buf) > MAX_RESPONSE_HEAD:
+                raise BodyError(f"response head over {MAX_RESPONSE_HEAD} bytes")
+            self._head_buf = buf
+            return b""
+        self._head_buf = b""
+        end += len(_HEAD_END)
+        self._parser = httptools.HttpResponseParser(self)
+        try:
+            self._parser.feed_data(buf[:end] if end < len(buf) else buf)
+        finally:
+            self._parser = None
+        return buf[end:]
+
+    def _read_length(self, exchange: Exchange, data: bytes) -> None:
+        left = self._left
+        if len(data) < left:
+            self._left = left - len(data)
+            if exchange.tail is not None:
+                exchange.tail.append(data)
+            exchange.send_body(data, len(data))
+            return
+        body = data[:left] if len(data) > left else data
+        self._left = 0
+        if exchange.tail is not None and body:
+            exchange.tail.append(body)
+        if body:
+            exchange.send_body(body, len(body))
+        self._complete(exchange, len(data) == left)
+
+    def _complete(self, exchange: Exchange, clean: bool) -> None:
+        """The response ended; ``clean``: nothing followed it (else the connection is spent)."""
+        if self._framing != _LENGTH:
+            exchange.send_to_client(http1.LAST_CHUNK)
+        self._framing = _HEAD
+        self._chunks = None
+        exchange.response_complete(reusable=self._keep_alive and clean)
+
+    def _invalid(self, exchange: Exchange, why: str) -> None:
+        exchange.upstream_failed(f"invalid response from upstream: {why}")
+        self.transport.abort()
 
     def eof_received(self) -> bool:
         return False  # close: a response without framing ends here (handled in connection_lost)
@@ -98,9 +208,8 @@ class UpstreamConnection(asyncio.Protocol):
         exchange = self.exchange
         if exchange is None:
             return
-        if self._head_sent and self._close_delimited and exc is None:
-            if self._chunked_out:
-                exchange.send_to_client(http1.LAST_CHUNK)
+        if self._framing == _UNTIL_CLOSE and exc is None:
+            exchange.send_to_client(http1.LAST_CHUNK)
             exchange.response_complete(reusable=False)
             return
         exchange.upstream_lost(exc)
@@ -113,7 +222,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self.exchange is not None:
             self.exchange.resume_client_reading()
 
-    # --- httptools callbacks ----------------------------------------------------------------
+    # --- httptools callbacks (the response head only) ---------------------------------------
 
     def on_status(self, status: bytes) -> None:
         self._reason = status
@@ -123,8 +232,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         exchange = self.exchange
-        assert exchange is not None
-        status = self._parser.get_status_code()
+        parser = self._parser
+        assert exchange is not None and parser is not None
+        status = parser.get_status_code()
         if 100 <= status < 200 and status != 101:
             # Interim answer (100 Continue, 103 Early Hints): pass on, keep waiting.
             exchange.send_to_client(http1.response_head(status, self._reason, self._headers))
@@ -133,7 +243,8 @@ class UpstreamConnection(asyncio.Protocol):
         # One pass over the origin's headers (this runs once per request): the head the client
         # gets is built as it goes, and what we need to know of them is picked up on the way.
         # Most headers are no business of ours: one set lookup each.
-        has_length = upstream_chunked = False
+        length_line = b""
+        upstream_chunked = False
         content_type = b""
         cache_control: list[bytes] = []
         alt_svc: list[bytes] = []
@@ -151,20 +262,31 @@ class UpstreamConnection(asyncio.Protocol):
             if lower in http1.HOP_BY_HOP or (drop is not None and lower in drop):
                 continue
             if lower == b"content-length":
-                has_length = True
+                length_line = line  # httptools checked it: digits, and one value
+                self._left = int(value.strip())
             elif lower == b"content-type":
                 content_type = value.lower()
+                lines.append(line)
             elif lower == b"cache-control":
                 cache_control.append(line)
-                continue
             elif lower == b"alt-svc":
                 alt_svc.append(line)
-                continue
-            lines.append(line)
-        no_body = exchange.is_head or status in _NO_BODY_STATUS
-        self._chunked_out = not has_length and not no_body
-        self._close_delimited = self._chunked_out and not upstream_chunked
-        if self._chunked_out:
+            else:
+                lines.append(line)
+        self._keep_alive = parser.should_keep_alive()
+        if exchange.is_head or status in _NO_BODY_STATUS:
+            framing = _HEAD  # no body: the response ends with its head
+            if length_line:
+                lines.append(length_line)  # the length of the body a GET would get
+        elif upstream_chunked:
+            framing = _CHUNKED  # the origin's chunks go out as they are
+            self._chunks = ChunkedBody()
+            lines.append(b"transfer-encoding: chunked")
+        elif length_line:
+            framing = _LENGTH
+            lines.append(length_line)
+        else:
+            framing = _UNTIL_CLOSE  # re-chunked read by read, so the client sees the end
             lines.append(b"transfer-encoding: chunked")
         exchange.json_body = content_type.startswith(_JSON)
         if content_type.startswith(_SSE):
@@ -185,25 +307,13 @@ class UpstreamConnection(asyncio.Protocol):
             if exchange.client_keep_alive
             else b"connection: close\r\n\r\n"
         )
-        self._head_sent = True
         self._headers = []  # not kept for as long as the stream runs
         exchange.response_started(status, b"\r\n".join(lines))
-        if exchange.is_head:
-            # httptools cannot be told to skip a HEAD answer's body: end the exchange here and
-            # never reuse the connection.
-            exchange.response_complete(reusable=False)
-
-    def on_body(self, body: bytes) -> None:
-        # DANGER ZONE: one call per upstream chunk (per SSE event, for token streams).
-        exchange = self.exchange
-        if exchange is None:
-            return
-        exchange.send_body(http1.chunk(body) if self._chunked_out else body, body)
-
-    def on_message_complete(self) -> None:
-        exchange = self.exchange
-        if exchange is None or not self._head_sent:
-            return
-        if self._chunked_out:
-            exchange.send_to_client(http1.LAST_CHUNK)
-        exchange.response_complete(reusable=self._parser.should_keep_alive())
+        if framing == _HEAD:
+            # A HEAD answer's connection is not reused: an origin that sends a body anyway
+            # would leave it in front of the next response.
+            exchange.response_complete(reusable=self._keep_alive and not exchange.is_head)
+        elif framing == _LENGTH and not self._left:
+            exchange.response_complete(reusable=self._keep_alive)
+        else:
+            self._framing = framing
