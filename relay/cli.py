@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -206,6 +207,11 @@ async def _serve(
     except OSError as exc:
         log.error("cannot start: %s", exc)
         return 1
+    # What start-up made (modules, config, TLS contexts) lives as long as the process: frozen,
+    # the collector stops walking it. And a collection per 10,000 allocations, not 700: every
+    # connection makes dozens. perf on an edge with 2,000 streams: GC 1.9 % -> 0.35 % of its CPU.
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 20)
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
 

@@ -80,3 +80,17 @@ def test_an_endless_size_line_is_refused_before_it_grows_unbounded() -> None:
     body.feed(b"a" * (MAX_LINE - 1))
     with pytest.raises(BodyError, match="invalid chunk size line"):
         body.feed(b"a" * 10)
+
+
+def test_the_last_events_and_the_last_chunk_in_one_read_end_the_body() -> None:
+    body = ChunkedBody()
+    done = b"data: [DONE]\n\n"  # under 16 bytes: a one-digit size line
+    events = WIRE + b"%x\r\n%s\r\n" % (len(done), done)
+    payload: list[bytes] = []
+
+    out = body.feed(events + b"0\r\n\r\n", payload)
+
+    assert out == events
+    assert payload == [*EVENTS, done]
+    assert body.payload_bytes == len(b"".join(payload))
+    assert body.done and not body.extra

@@ -60,22 +60,40 @@ class ChunkedBody:
         search). Raises ``BodyError`` on anything that is not chunked encoding.
         """
         # DANGER ZONE: once per upstream read of every chunked response (per SSE token). The
-        # common read is one whole chunk, as the origin wrote it: it goes out as it is.
+        # common read is whole chunks as the origin wrote them (a token; the last ones and the
+        # last chunk): found with a slice and a lookup each, and forwarded as they came.
         if self._state == _SIZE and not self._held:
-            line = data[:4]  # two hex digits: chunks of 16 to 255 bytes
-            chunk_size = _SHORT_SIZE_LINES.get(line)
-            if chunk_size is None:
-                line = data[:5]
-                chunk_size = _SHORT_SIZE_LINES.get(line)
-            if (
-                chunk_size is not None
-                and len(data) == len(line) + chunk_size + 2
-                and data.endswith(b"\r\n")
-            ):
-                self.payload_bytes += chunk_size
+            size = len(data)
+            pos = 0
+            found = 0
+            mark = len(payload) if payload is not None else 0
+            while pos < size:
+                start = pos + 4  # two hex digits: chunks of 16 to 255 bytes
+                chunk_size = _SHORT_SIZE_LINES.get(data[pos:start])
+                if chunk_size is None:
+                    start = pos + 5  # three: up to 1 KiB
+                    chunk_size = _SHORT_SIZE_LINES.get(data[pos:start])
+                    if chunk_size is None:
+                        start = pos + 3  # one: up to 15 bytes ("data: [DONE]")
+                        chunk_size = _SHORT_SIZE_LINES.get(data[pos:start])
+                        if chunk_size is None:
+                            break
+                end = start + chunk_size
+                if data[end : end + 2] != b"\r\n":
+                    break
+                found += chunk_size
                 if payload is not None:
-                    payload.append(data[len(line) : -2])
+                    payload.append(data[start:end])
+                pos = end + 2
+            else:
+                self.payload_bytes += found
                 return data
+            if pos == size - 5 and data.endswith(b"0\r\n\r\n"):
+                self.payload_bytes += found
+                self._state = _DONE
+                return data[:pos]
+            if payload is not None:
+                del payload[mark:]  # the general path below appends them again
         return self._feed(data, payload)
 
     def _feed(self, data: bytes, payload: list[bytes] | None) -> bytes:
