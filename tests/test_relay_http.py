@@ -7,6 +7,7 @@ import json
 import socket
 import struct
 
+from relay.protocols import http1
 from tests.conftest import StartNode, core_mapping, edge_mapping, hop_node, wait_for
 from tests.helpers import chat, read_response, request, request_bytes
 
@@ -156,7 +157,7 @@ async def test_request_bodies_stream_upstream_chunked_and_large(
         writer.write(b"%x\r\n%s\r\n" % (len(part), part))
         await writer.drain()
         await asyncio.sleep(0.01)
-    writer.write(b"0\r\n\r\n")
+    writer.write(b"0\r\nx-upload-checksum: 1\r\n\r\n")  # with a trailer field
     chunked = await asyncio.wait_for(read_response(reader), 10)
     big = b'{"p": "' + b"y" * (3 << 20) + b'"}'  # larger than the retry buffer
     writer.write(request_bytes("POST", "/echo", big))
@@ -168,6 +169,7 @@ async def test_request_bodies_stream_upstream_chunked_and_large(
     assert large.status == 200
     assert len(json.loads(large.body)["body"]) == len(big)
     assert core.runtime("core").stats.connections_total == 1  # one upstream, kept alive
+    assert http1.NO_HEADERS == []  # the trailer went nowhere, least of all into the shared list
 
 
 async def test_new_client_connections_reuse_idle_tunnels(

@@ -82,7 +82,7 @@ class HttpConnection(asyncio.Protocol):
         #: The last request parsed is complete and allows another: the parser can go.
         self._between_requests = False
         self._url = b""
-        self._headers: http1.Headers = []
+        self._headers = http1.NO_HEADERS
         self._head_bytes = 0
         #: When the first byte of the request head being parsed arrived (headerTimeout).
         self._head_started: float | None = None
@@ -206,7 +206,10 @@ class HttpConnection(asyncio.Protocol):
         self._head_bytes += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
+        headers = self._headers
+        if headers is http1.NO_HEADERS:
+            return  # a trailer field of a chunked request body: not forwarded
+        headers.append((name, value))
         self._head_bytes += len(name) + len(value) + 4
 
     def on_headers_complete(self) -> None:
@@ -263,7 +266,7 @@ class HttpConnection(asyncio.Protocol):
             lines.append(b"Transfer-Encoding: chunked")
         lines.append(b"Connection: keep-alive\r\n\r\n")
         head = b"\r\n".join(lines)
-        self._headers = []  # not kept for as long as the exchange runs
+        self._headers = http1.NO_HEADERS  # not kept for as long as the exchange runs
         self._url = b""
         exchange = Exchange(self, method, head, request_id, parser.should_keep_alive(), chunked)
         if not chunked and declared_length > self.options.max_body_size > 0:

@@ -70,7 +70,8 @@ class Exchange:
         self.head = head
         self.body_done = False
         self.body_bytes = 0
-        self._pending_body: list[bytes] = []
+        #: Body bytes read before an upstream was bound (None: none yet, as almost always).
+        self._pending_body: list[bytes] | None = None
         self._pending_size = 0
         #: What has been sent upstream, kept for a retry until it outgrows ``retry_buffer``.
         self.retained: list[bytes] | None = [head]
@@ -123,6 +124,8 @@ class Exchange:
         if upstream is not None and not upstream.closed:
             upstream.transport.write(data)
             return
+        if self._pending_body is None:
+            self._pending_body = []
         self._pending_body.append(data)
         self._pending_size += len(data)
         if self._pending_size > self.conn.service.config.buffer_size:
@@ -146,8 +149,8 @@ class Exchange:
         upstream.attach(self)
         payload = b"".join(self.retained) if self.retained is not None else None
         if payload is None:
-            payload = self.head + b"".join(self._pending_body)
-        self._pending_body.clear()
+            payload = self.head + b"".join(self._pending_body or ())
+        self._pending_body = None
         self._pending_size = 0
         upstream.transport.write(payload)
         self.conn.resume_reading_for_body()

@@ -66,7 +66,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._parser: httptools.HttpResponseParser | None = None
         #: The start of a response head that a read cut.
         self._head_buf = b""
-        self._headers: http1.Headers = []
+        self._headers = http1.NO_HEADERS
         self._reason = b""
         self._framing = _HEAD
         self._chunks: ChunkedBody | None = None
@@ -83,7 +83,6 @@ class UpstreamConnection(asyncio.Protocol):
         self.exchange = exchange
         self.reusable = False
         self._head_buf = b""
-        self._headers = []
         self._reason = b""
         self._framing = _HEAD
         self._chunks = None
@@ -164,6 +163,7 @@ class UpstreamConnection(asyncio.Protocol):
             return b""
         self._head_buf = b""
         end += len(_HEAD_END)
+        self._headers = []
         self._parser = httptools.HttpResponseParser(self)
         try:
             self._parser.feed_data(buf[:end] if end < len(buf) else buf)
@@ -228,7 +228,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._reason = status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
+        if self._headers is not http1.NO_HEADERS:  # (only heads are fed to the parser)
+            self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         exchange = self.exchange
@@ -238,7 +239,7 @@ class UpstreamConnection(asyncio.Protocol):
         if 100 <= status < 200 and status != 101:
             # Interim answer (100 Continue, 103 Early Hints): pass on, keep waiting.
             exchange.send_to_client(http1.response_head(status, self._reason, self._headers))
-            self._headers = []
+            self._headers = http1.NO_HEADERS
             return
         # One pass over the origin's headers (this runs once per request): the head the client
         # gets is built as it goes, and what we need to know of them is picked up on the way.
@@ -307,7 +308,7 @@ class UpstreamConnection(asyncio.Protocol):
             if exchange.client_keep_alive
             else b"connection: close\r\n\r\n"
         )
-        self._headers = []  # not kept for as long as the stream runs
+        self._headers = http1.NO_HEADERS  # not kept for as long as the stream runs
         exchange.response_started(status, b"\r\n".join(lines))
         if framing == _HEAD:
             # A HEAD answer's connection is not reused: an origin that sends a body anyway

@@ -40,6 +40,10 @@ REASONS = {
 
 Headers = list[tuple[bytes, bytes]]
 
+#: The headers of a connection between two message heads: shared, so that a long stream holds
+#: no list of its own. Never appended to (each head being parsed gets a list of its own).
+NO_HEADERS: Headers = []
+
 # Request ids: a random per-process prefix and a counter. Unique across a fleet in practice,
 # and far cheaper per request than uuid4 (which reads os.urandom every time).
 _ID_PREFIX = os.urandom(8).hex().encode()
