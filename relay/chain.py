@@ -479,9 +479,17 @@ class Chain:
             await hop.stop_probes()
 
 
+#: Plain TCP dialers by timeout: one per distinct timeout, not one per connection (a core
+#: dials its target once per tunnel).
+_TCP_DIALERS: dict[float, DialerConfig] = {}
+
+
 async def dial_direct(addr: Address, timeout: float) -> Dialed:
     """Plain TCP to ``addr`` (a forwarder node, no chain)."""
-    transport = await open_connection(addr, DialerConfig(type="tcp", timeout=timeout), ".")
+    dialer = _TCP_DIALERS.get(timeout)
+    if dialer is None:
+        dialer = _TCP_DIALERS[timeout] = DialerConfig(type="tcp", timeout=timeout)
+    transport = await open_connection(addr, dialer, ".")
     pending = transport.get_protocol()
     assert isinstance(pending, PendingProtocol)
     return Dialed(transport, pending, "", None)

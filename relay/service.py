@@ -229,7 +229,7 @@ class ServiceRuntime:
         """
         timeout = self.config.handler.http.ttfb_timeout
         if target is not None and self.chain is None:
-            return await self._dial_node(target, target_name=str(target))
+            return await self._dial_node(target)
         if route is None:
             route = self.route(key)
         if self.chain is not None:
@@ -238,10 +238,11 @@ class ServiceRuntime:
             raise DialError(f"service {self.name}: no chain and no forwarder to send to")
         return await self._dial_forwarder(route.first_hop, exclude, min(timeout, 10.0))
 
-    async def _dial_node(self, addr: Address, target_name: str) -> Dialed:
+    async def _dial_node(self, addr: Address) -> Dialed:
         try:
             return await dial_direct(addr, 10.0)
         except (OSError, TimeoutError, ssl.SSLError, TransportError) as exc:
+            target_name = str(addr)
             self.metrics.upstream_error(self.name, target_name, "connect")
             raise DialError(f"{target_name}: {exc or type(exc).__name__}", target_name) from exc
 
