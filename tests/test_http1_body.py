@@ -68,6 +68,10 @@ def test_chunk_extensions_pass_and_bytes_after_the_end_are_flagged() -> None:
         (b"3\r\nabcd\r\n", "chunk data not followed by CRLF"),
         (b"3\r\nabc\n", "chunk data not followed by CRLF"),
         (b"1" * 16 + b"\r\n", "invalid chunk size line"),
+        (b"1 \r\na\r\n", "invalid chunk size line"),
+        (b"1;ext=\x00\r\na\r\n", "invalid chunk size line"),  # would reach the client as is
+        (b"0\r\nA:\x00\r\n\r\n", "invalid trailer field"),
+        (b"0\r\n: no name\r\n\r\n", "invalid trailer field"),
     ],
 )
 def test_what_is_not_chunked_encoding_is_refused_by_name(wire: bytes, message: str) -> None:

@@ -1,9 +1,11 @@
 """The upstream side of one HTTP exchange: parses the origin's response and streams it back.
 
 Every body read is written to the client the moment it arrives: no buffering, so each SSE
-event leaves as soon as it arrives. httptools parses the response head only; the body is
-followed by framing alone (``ChunkedBody``, a length, or the connection's end), so a chunked
-body goes out as the origin framed it and a long stream holds no parser.
+event leaves as soon as it arrives. httptools parses response heads, and bodies with a
+length (its parser then serves the connection's next response too). A chunked body is
+followed by its framing alone (``ChunkedBody``) and goes out as the origin framed it, a body
+that ends with the connection is re-chunked read by read: the parser is dropped for those, so
+a long stream holds none.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ _HEAD_END = b"\r\n\r\n"
 # How the body of the response in progress is framed (``UpstreamConnection._framing``).
 _HEAD = 0  # reading a head: no body yet
 _CHUNKED = 1  # chunked: ``_chunks`` follows it; the client gets it as it is
-_LENGTH = 2  # Content-Length: ``_left`` bytes to come; the client gets the same length
+_LENGTH = 2  # Content-Length: the parser follows it; the client gets the same length
 _UNTIL_CLOSE = 3  # neither: the body ends with the connection; the client gets it chunked
 
 
@@ -46,8 +48,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     # Slots: one per upstream connection, held for as long as a stream runs or it idles.
     __slots__ = (
-        "_chunks", "_framing", "_head_buf", "_headers", "_keep_alive", "_left", "_parser",
-        "_reason", "closed", "error", "exchange", "node", "pool_key", "reusable", "transport",
+        "_chunks", "_framing", "_head_buf", "_headers", "_keep_alive", "_parser", "_reason",
+        "closed", "error", "exchange", "node", "pool_key", "reusable", "transport",
     )  # fmt: skip
 
     def __init__(
@@ -62,7 +64,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = False
         #: Why the connection ended (set by connection_lost).
         self.error: Exception | None = None
-        #: The head being parsed (made per response head, dropped once it is parsed).
+        #: Parses heads and bodies with a length; dropped (None) when a body is followed without
+        #: it, and made again for the next head.
         self._parser: httptools.HttpResponseParser | None = None
         #: The start of a response head that a read cut.
         self._head_buf = b""
@@ -70,7 +73,6 @@ class UpstreamConnection(asyncio.Protocol):
         self._reason = b""
         self._framing = _HEAD
         self._chunks: ChunkedBody | None = None
-        self._left = 0
         #: The origin keeps the connection open after this response.
         self._keep_alive = False
 
@@ -144,7 +146,8 @@ class UpstreamConnection(asyncio.Protocol):
                     self._complete(exchange, not chunks.extra)
                 return
             elif framing == _LENGTH:
-                self._read_length(exchange, data)
+                assert self._parser is not None
+                self._parser.feed_data(data)  # on_body, on_message_complete
                 return
             else:  # _UNTIL_CLOSE
                 if exchange.tail is not None:
@@ -153,7 +156,8 @@ class UpstreamConnection(asyncio.Protocol):
                 return
 
     def _read_head(self, data: bytes) -> bytes:
-        """Feed a response head to a parser of its own; return the bytes after it."""
+        """Feed a response head to the parser; return what follows it that is not the parser's
+        to read (the body, unless it has a length)."""
         buf = self._head_buf + data if self._head_buf else data
         end = buf.find(_HEAD_END)
         if end < 0:
@@ -164,28 +168,25 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_buf = b""
         end += len(_HEAD_END)
         self._headers = []
-        self._parser = httptools.HttpResponseParser(self)
-        try:
-            self._parser.feed_data(buf[:end] if end < len(buf) else buf)
-        finally:
+        parser = self._parser
+        if parser is None:
+            parser = self._parser = httptools.HttpResponseParser(self)
+        head_request = self.exchange is not None and self.exchange.is_head
+        if end < len(buf):
+            parser.feed_data(buf[:end])
+            rest = buf[end:]
+        else:
+            parser.feed_data(buf)
+            rest = b""
+        framing = self._framing
+        if framing == _LENGTH:
+            if rest:
+                parser.feed_data(rest)
+            return b""
+        if framing != _HEAD or head_request:
+            # Mid-message for httptools: a body it will not see, or a HEAD answer's length.
             self._parser = None
-        return buf[end:]
-
-    def _read_length(self, exchange: Exchange, data: bytes) -> None:
-        left = self._left
-        if len(data) < left:
-            self._left = left - len(data)
-            if exchange.tail is not None:
-                exchange.tail.append(data)
-            exchange.send_body(data, len(data))
-            return
-        body = data[:left] if len(data) > left else data
-        self._left = 0
-        if exchange.tail is not None and body:
-            exchange.tail.append(body)
-        if body:
-            exchange.send_body(body, len(body))
-        self._complete(exchange, len(data) == left)
+        return rest
 
     def _complete(self, exchange: Exchange, clean: bool) -> None:
         """The response ended; ``clean``: nothing followed it (else the connection is spent)."""
@@ -196,6 +197,7 @@ class UpstreamConnection(asyncio.Protocol):
         exchange.response_complete(reusable=self._keep_alive and clean)
 
     def _invalid(self, exchange: Exchange, why: str) -> None:
+        self.reusable = False
         exchange.upstream_failed(f"invalid response from upstream: {why}")
         self.transport.abort()
 
@@ -245,7 +247,7 @@ class UpstreamConnection(asyncio.Protocol):
         # gets is built as it goes, and what we need to know of them is picked up on the way.
         # Most headers are no business of ours: one set lookup each.
         length_line = b""
-        upstream_chunked = False
+        transfer_codings = b""
         content_type = b""
         cache_control: list[bytes] = []
         alt_svc: list[bytes] = []
@@ -259,12 +261,11 @@ class UpstreamConnection(asyncio.Protocol):
                     lines.append(line)
                 continue
             if lower == b"transfer-encoding":
-                upstream_chunked = upstream_chunked or b"chunked" in value.lower()
+                transfer_codings += b"," + value.lower()
             if lower in http1.HOP_BY_HOP or (drop is not None and lower in drop):
                 continue
             if lower == b"content-length":
                 length_line = line  # httptools checked it: digits, and one value
-                self._left = int(value.strip())
             elif lower == b"content-type":
                 content_type = value.lower()
                 lines.append(line)
@@ -274,6 +275,13 @@ class UpstreamConnection(asyncio.Protocol):
                 alt_svc.append(line)
             else:
                 lines.append(line)
+        upstream_chunked = False
+        if transfer_codings:
+            # Chunked only when it is the final coding, as httptools reads it; named anywhere
+            # else, where its body ends is anyone's guess: refused (a 502, or a broken stream).
+            upstream_chunked = transfer_codings.rsplit(b",", 1)[-1].strip() == b"chunked"
+            if not upstream_chunked and b"chunked" in transfer_codings:
+                raise BodyError("chunked is not the final transfer coding")
         self._keep_alive = parser.should_keep_alive()
         if exchange.is_head or status in _NO_BODY_STATUS:
             framing = _HEAD  # no body: the response ends with its head
@@ -314,7 +322,18 @@ class UpstreamConnection(asyncio.Protocol):
             # A HEAD answer's connection is not reused: an origin that sends a body anyway
             # would leave it in front of the next response.
             exchange.response_complete(reusable=self._keep_alive and not exchange.is_head)
-        elif framing == _LENGTH and not self._left:
-            exchange.response_complete(reusable=self._keep_alive)
         else:
-            self._framing = framing
+            self._framing = framing  # a length of 0 ends in on_message_complete, at once
+
+    def on_body(self, body: bytes) -> None:
+        # A body with a length (bulk downloads, JSON answers): as httptools reads it.
+        exchange = self.exchange
+        if exchange is not None:
+            if exchange.tail is not None:
+                exchange.tail.append(body)
+            exchange.send_body(body, len(body))
+
+    def on_message_complete(self) -> None:
+        exchange = self.exchange
+        if exchange is not None and self._framing == _LENGTH:
+            self._complete(exchange, True)

@@ -15,8 +15,16 @@ from __future__ import annotations
 
 import re
 
-#: ``chunk-size [chunk-ext] CRLF``: hex digits, then optional extensions (passed on as they are).
-_SIZE_LINE = re.compile(rb"([0-9A-Fa-f]{1,15})[ \t]*(?:;[^\r\n]*)?\r\n")
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_QUOTED = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
+#: ``chunk-size *( ";" ext-name [ "=" ext-value ] ) CRLF`` (RFC 9112 §7.1.1, without the
+#: optional whitespace, as httptools' parser wants it): extensions are passed on as they are,
+#: so nothing in them may be less than what a client's parser takes.
+_SIZE_LINE = re.compile(
+    rb"([0-9A-Fa-f]{1,15})(?:;" + _TOKEN + rb"(?:=(?:" + _TOKEN + rb"|" + _QUOTED + rb"))?)*\r\n"
+)
+#: A trailer field line (RFC 9110 §5.5): dropped, but only once it is a valid one.
+_TRAILER_LINE = re.compile(_TOKEN + rb":[\t\x20-\x7e\x80-\xff]*\r\n")
 #: A chunk-size line or a trailer field line longer than this is refused.
 MAX_LINE = 4096
 MAX_TRAILER = 16384
@@ -176,6 +184,8 @@ class ChunkedBody:
                     break
                 if line_end - pos > MAX_TRAILER:
                     raise BodyError("chunked trailer too large")
+                if _TRAILER_LINE.fullmatch(data, pos, line_end + 2) is None:
+                    raise BodyError(f"invalid trailer field {data[pos:line_end][:40]!r}")
                 pos = line_end + 2
             else:  # _DONE: whatever follows is not this body
                 self.extra = True

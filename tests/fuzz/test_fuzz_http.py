@@ -213,6 +213,9 @@ def _origin_ended(wire: bytes) -> bool:
     return answer.complete or (not chunked and b"content-length" not in headers)
 
 
+_CHUNKED_HEAD = b"HTTP/1.1 200 X\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
 def _ask(harness: Harness, reply: bytes) -> list[Answer]:
     harness.script.reply = reply
     request = b"GET /stream HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
@@ -240,6 +243,25 @@ def test_valid_responses_reach_the_client_byte_for_byte(
 @example(
     (b"HTTP/1.1 200 X\r\nContent-Length: 1\r\n\r\n\r\n\x00", 200, b"\r"), None
 )  # found by make fuzz: garbage after a whole response; the response itself is complete
+@example(
+    (b"HTTP/1.1 200 X\r\nTransfer-Encoding:!chunked\r\n\r\n0\r\n\r\n", 200, b""), None
+)  # found by make fuzz: "chunked" named, but not as the final coding
+@example(
+    (
+        b"HTTP/1.1 200 X\r\nTransfer-Encoding: chunked\r\n\r\n1;e=\x00\r\n\x00\r\n0\r\n\r\n",
+        200,
+        b"",
+    ),
+    None,
+)  # found by make fuzz: a chunk extension the client's parser refuses
+@example(
+    (
+        b"HTTP/1.1 200 X\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n\x00\r\n0\r\nA:\x00\r\n\r\n",
+        200,
+        b"",
+    ),
+    None,
+)  # found by make fuzz: an invalid trailer field (the response must not end cleanly)
 def test_mangled_responses_end_visibly_and_never_hang(
     harness: Harness, response: tuple[bytes, int, bytes], draws: st.DataObject | None
 ) -> None:
