@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import logging
 import math
 import weakref
 from typing import Protocol
+
+log = logging.getLogger(__name__)
 
 #: Slot width in seconds: how late a deadline may fire.
 GRAIN = 0.05
@@ -74,7 +77,10 @@ class Deadlines:
             for waker in list(wakers):
                 if waker in wakers:  # not removed by an earlier one's callback
                     wakers.discard(waker)
-                    waker.on_deadline()
+                    try:
+                        waker.on_deadline()
+                    except Exception:  # a bug in one connection: the others still wake
+                        log.exception("deadline callback of %r failed", waker)
             del self._slots[slot]
         if order and self._timer is None:
             self._arm(order[0])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from relay import deadlines
 from relay.deadlines import GRAIN, Deadlines
 
@@ -82,3 +84,21 @@ async def test_one_set_of_slots_per_loop() -> None:
         assert deadlines.for_loop(other) is not deadlines.for_loop(loop)
     finally:
         other.close()
+
+
+async def test_a_failing_waker_is_logged_and_its_neighbours_still_wake(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    loop = asyncio.get_running_loop()
+    slots = Deadlines(loop)
+    log: list[tuple[str, float]] = []
+    when = loop.time() + 0.05
+    wakers = [Recorder(loop, f"w{i}", log) for i in range(5)]
+    wakers[2].then.append(lambda: 1 / 0)
+    for waker in wakers:
+        slots.add(waker, when)
+
+    await asyncio.sleep(0.05 + 3 * GRAIN)
+
+    assert sorted(name for name, _ in log) == [f"w{i}" for i in range(5)]
+    assert "deadline callback" in caplog.text and "ZeroDivisionError" in caplog.text

@@ -129,7 +129,7 @@ class UpstreamConnection(asyncio.Protocol):
             conn.uncork()
 
     def _read(self, exchange: Exchange, data: bytes) -> None:
-        """Heads and the start of a body (the rare reads: the per-token one is above)."""
+        """Every read but those of a chunked body under way (``data_received`` takes those)."""
         while data:
             if self.exchange is not exchange:  # it ended, and more came behind it
                 self.reusable = False
@@ -224,7 +224,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self.exchange is not None:
             self.exchange.resume_client_reading()
 
-    # --- httptools callbacks (the response head only) ---------------------------------------
+    # --- httptools callbacks (heads, and bodies with a length) -------------------------------
 
     def on_status(self, status: bytes) -> None:
         self._reason = status
@@ -236,7 +236,8 @@ class UpstreamConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         exchange = self.exchange
         parser = self._parser
-        assert exchange is not None and parser is not None
+        if exchange is None or parser is None:  # bytes after a whole response, parsed as one
+            raise BodyError("a response nobody asked for")
         status = parser.get_status_code()
         if 100 <= status < 200 and status != 101:
             # Interim answer (100 Continue, 103 Early Hints): pass on, keep waiting.
