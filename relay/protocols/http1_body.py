@@ -4,7 +4,7 @@ The ``http`` handler answers its client with chunked encoding whenever the origi
 origin's chunks can go out byte for byte: what the relay must know is only where the body
 ends, how much payload it carried, and (for usage accounting) what that payload was. Keeping
 httptools' parser for the whole body cost ~850 bytes per open stream and a re-encoding of
-every chunk; this keeps two integers and returns the read itself in the common case (whole
+every chunk; this keeps a few integers and returns the read itself in the common case (whole
 chunks in one read), without a copy.
 
 The last chunk is not forwarded: the caller writes its own (``http1.LAST_CHUNK``), so the
@@ -25,7 +25,8 @@ _SIZE_LINE = re.compile(
 )
 #: A trailer field line (RFC 9110 §5.5): dropped, but only once it is a valid one.
 _TRAILER_LINE = re.compile(_TOKEN + rb":[\t\x20-\x7e\x80-\xff]*\r\n")
-#: A chunk-size line or a trailer field line longer than this is refused.
+#: A chunk-size line longer than ``MAX_LINE``, or a trailer longer than ``MAX_TRAILER``, is
+#: refused.
 MAX_LINE = 4096
 MAX_TRAILER = 16384
 
