@@ -1,10 +1,11 @@
 """``http`` handler: HTTP/1.1 reverse proxy for LLM APIs (DESIGN §3.2).
 
 One ``HttpConnection`` per client connection parses requests with httptools; each request is
-an ``Exchange`` served by a per-connection task that connects upstream (through the chain),
-sends the head and streams the body, then waits while ``UpstreamConnection`` streams the
-response back chunk by chunk. A request is retried on another node only while no byte of it
-can have reached an origin: the dial failed, or the relay server refused the tunnel.
+an ``Exchange``, served from loop callbacks: it is bound to an idle pooled upstream connection
+or to one dialled through the chain (the only task), sends the head and streams the body, and
+``UpstreamConnection`` streams the response back read by read. A request is retried on
+another node only while no byte of it can have reached an origin: the dial failed, or the
+relay server refused the tunnel.
 """
 
 from __future__ import annotations

@@ -160,11 +160,12 @@ class Exchange:
         self.conn.wake_by(self._next_deadline())
 
     # --- timeouts ---------------------------------------------------------------------------
-    # DANGER ZONE: no timer of its own. The connection's one timer wakes for the earliest of
-    # its own deadlines (keep-alive, request head) and this exchange's (``deadline``), and
-    # calls ``check_deadlines``. The per-chunk path only stores ``last_activity``; three timers
-    # (TTFB, idle, total) would cost a TimerHandle per chunk, and even one per exchange costs
-    # ~500 bytes for as long as a stream runs and two timer operations per request.
+    # DANGER ZONE: no timer of its own. The connection's one wake-up (``relay.deadlines``)
+    # comes for the earliest of its own deadlines (keep-alive, request head) and this
+    # exchange's (``deadline``), and calls ``check_deadlines``. The per-chunk path only stores
+    # ``last_activity``; three timers (TTFB, idle, total) would cost a TimerHandle per chunk,
+    # and even one per exchange costs ~500 bytes for as long as a stream runs and two timer
+    # operations per request.
 
     def deadline(self) -> float | None:
         """When the connection's timer must look at this exchange next; None: never."""
