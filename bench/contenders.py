@@ -177,7 +177,7 @@ def _start_relay(contender: Contender, env: Env, directory: Path) -> Running:
             core_port = free_port()
             listener: dict[str, Any] = {"type": transport}
             dialer: dict[str, Any] = {"type": transport}
-            if transport in ("tls", "wss", "quic"):
+            if transport in ("tls", "wss", "mtls", "quic"):
                 listener["tls"] = _tls_listener(env)
                 dialer["tls"] = {"caFile": str(env.pki.ca_file), "serverName": "localhost"}
             if transport in ("ws", "wss"):
@@ -490,7 +490,13 @@ CONTENDERS: tuple[Contender, ...] = (
     Contender(
         "relay-2hop-tcp-w2", "relay", 2, "tcp", "as relay-2hop-tcp, each relay with workers: 2", 2
     ),
+    Contender(
+        "relay-2hop-mtcp", "relay", 2, "mtcp", "relay edge (http) -> core, multiplexed on tcp"
+    ),
     Contender("relay-2hop-tls", "relay", 2, "tls", "relay edge (http) -> core (relay) over TLS"),
+    Contender(
+        "relay-2hop-mtls", "relay", 2, "mtls", "relay edge (http) -> core, multiplexed on TLS"
+    ),
     Contender("relay-2hop-wss", "relay", 2, "wss", "relay edge (http) -> core (relay) over wss"),
     Contender("relay-2hop-quic", "relay", 2, "quic", "relay edge (http) -> core over QUIC"),
     Contender("nginx-1hop", "nginx", 1, "", "nginx, proxy_buffering off, upstream keep-alive"),

@@ -29,6 +29,7 @@ from relay.metrics import ResumeStats
 from relay.protocols import relay_v1
 from relay.resume.edge import AnswerWaiter, ResumableTunnel, ResumeGone
 from relay.transports.base import LayeredTransport, PendingProtocol, TransportError
+from relay.transports.mux.client import open_mux_stream
 from relay.transports.quic.client import open_quic_stream, probe_quic
 from relay.transports.quic.options import QuicOptions
 from relay.transports.tls import TUNNEL_ALPN, client_context
@@ -187,6 +188,10 @@ async def open_connection(
         if over is not None:
             raise TransportError("a quic hop must be a chain's first hop (QUIC runs over UDP)")
         return await open_quic_stream(addr, dialer, base_dir)
+    if kind in ("mtcp", "mtls"):
+        if over is not None:
+            raise TransportError(f"an {kind} hop must be a chain's first hop")
+        return await open_mux_stream(addr, dialer, base_dir)
     secure = kind in ("tls", "wss")
     ctx: ssl.SSLContext | None = None
     server_name = (dialer.tls.server_name if dialer.tls else None) or host

@@ -242,11 +242,13 @@ async def _serve(
         watchdog.cancel()
     log.info("stopping: draining open connections for up to %gs", node.config.shutdown_timeout)
     await node.stop()
-    # QUIC tunnels are shared by the whole process (one per core node): close them last, so
-    # cores see a clean close instead of waiting out the idle timeout.
+    # QUIC and multiplexed tunnels are shared by the whole process (one per core node): close
+    # them last, so cores see a clean close instead of waiting out the idle timeout.
+    from relay.transports.mux.client import tunnel_pool as mux_tunnels
     from relay.transports.quic.client import tunnel_pool
 
     tunnel_pool().close()
+    mux_tunnels().close()
     return 0
 
 

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from relay.config.model import ServiceConfig, TLSConfig
 from relay.transports.base import LayeredTransport
+from relay.transports.mux import MuxOptions, MuxSession, MuxStream
 from relay.transports.proxied import ProxyHeaderReader
 from relay.transports.quic import h3
 from relay.transports.quic.options import QuicOptions, server_configuration
@@ -95,6 +96,18 @@ def _ws_factory(factory: ProtocolFactory, path: str, keepalive: float) -> Protoc
     return lambda: ServerHandshake(path, keepalive, on_open, WS_HANDSHAKE_TIMEOUT)
 
 
+def _mux_factory(factory: ProtocolFactory, options: MuxOptions) -> ProtocolFactory:
+    """Each connection is a multiplexed session; each stream its client opens is a connection
+    for a protocol from ``factory``."""
+
+    def on_stream(stream: MuxStream) -> None:
+        protocol = factory()
+        stream.set_protocol(protocol)
+        protocol.connection_made(stream)
+
+    return lambda: MuxSession(options, is_client=False, on_stream=on_stream)
+
+
 def _attach(transport: LayeredTransport, factory: ProtocolFactory) -> None:
     protocol = factory()
     transport.set_protocol(protocol)
@@ -164,15 +177,18 @@ async def listen(
     ssl_ctx = None
     swappable: SwappableContext | None = None
     alpn: tuple[str, ...] = ()
-    if kind in ("tls", "wss"):
+    if kind in ("tls", "wss", "mtls"):
         tls = service.listener.tls or default_tls
         assert tls is not None  # the loader refuses TLS listeners without certificates
-        alpn = (TUNNEL_ALPN, "http/1.1") if kind == "tls" else ("http/1.1",)
+        alpn = {"tls": (TUNNEL_ALPN, "http/1.1"), "mtls": (TUNNEL_ALPN,)}.get(kind, ("http/1.1",))
         ssl_ctx = server_context(tls, base_dir, alpn)
         swappable = SwappableContext(ssl_ctx)
     protocol_factory = factory
     if kind in ("ws", "wss"):
         protocol_factory = _ws_factory(factory, service.listener.path, _keepalive(service))
+    elif kind in ("mtcp", "mtls"):
+        mux_options = MuxOptions.from_metadata(service.listener.metadata)  # (loader-checked)
+        protocol_factory = _mux_factory(factory, mux_options)
     if service.listener.proxy_protocol:
         # The balancer's header comes in clear before any TLS: read it first, then run TLS
         # (if any) as a layer over the rest of the connection.

@@ -394,7 +394,8 @@ def warn_insecure_dialers(config: RelayConfig) -> None:
         for hop in chain.hops:
             for node in hop.nodes:
                 tls = node.dialer.tls
-                if node.dialer.type in ("tls", "wss", "quic") and tls and tls.insecure_skip_verify:
+                secure = node.dialer.type in ("tls", "wss", "mtls", "quic")
+                if secure and tls and tls.insecure_skip_verify:
                     log.warning(
                         "chain %s node %s (%s %s): insecureSkipVerify is set, the peer's "
                         "certificate is NOT verified; anyone on the path can impersonate it",

@@ -80,7 +80,7 @@ def core_mapping(
 ) -> dict[str, Any]:
     """A core node: a relay (tunnel server) service whose only target is the origin."""
     listener: dict[str, Any] = {"type": transport}
-    if transport in ("tls", "wss"):
+    if transport in ("tls", "wss", "mtls"):
         assert cert is not None
         listener["tls"] = {"certFile": str(cert.cert_file), "keyFile": str(cert.key_file)}
     if transport in ("ws", "wss"):
@@ -102,7 +102,7 @@ def hop_node(
     name: str, transport: str, port: int, ca: CA | None = None, auth: dict[str, str] | None = None
 ) -> dict[str, Any]:
     dialer: dict[str, Any] = {"type": transport}
-    if transport in ("tls", "wss"):
+    if transport in ("tls", "wss", "mtls"):
         assert ca is not None
         dialer["tls"] = {"caFile": str(ca.cert_file), "serverName": "localhost"}
     if transport in ("ws", "wss"):

@@ -10,7 +10,7 @@ from tests.certs import CA, CertPair
 from tests.conftest import StartNode, core_mapping, edge_mapping, hop_node
 from tests.helpers import chat, request
 
-TRANSPORTS = ["tcp", "tls", "ws", "wss"]
+TRANSPORTS = ["tcp", "tls", "ws", "wss", "mtcp", "mtls"]
 
 
 async def _edge_core(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import cast
 
-from relay.config.checks import _check_quic_metadata, _unique
+from relay.config.checks import _check_transport_metadata, _unique
 from relay.config.model import (
     CONNECTOR_TYPES,
     DIALER_TYPES,
@@ -99,7 +99,7 @@ def _dialer(ctx: _Ctx, value: object, path: str) -> DialerConfig:
     host = _opt_str(ctx, _take(ctx, meta, "host", meta_path), field_path("host"))
     keepalive = _take(ctx, meta, "keepalive", meta_path)
     timeout = _take(ctx, meta, "timeout", meta_path)
-    _check_quic_metadata(ctx, path, dialer_type or "tcp", meta)
+    _check_transport_metadata(ctx, path, dialer_type or "tcp", meta)
     return DialerConfig(
         type=cast(DialerType, dialer_type or "tcp"),
         tls=_tls(ctx, d.get("tls"), _key(path, "tls")),

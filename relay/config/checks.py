@@ -78,15 +78,19 @@ def _check_service_tls(ctx: _Ctx, path: str, service: ServiceConfig, top: TLSCon
         )
 
 
-def _check_quic_metadata(ctx: _Ctx, path: str, kind: str, metadata: dict[str, object]) -> None:
-    """QUIC options (idleTimeout, maxStreams, zeroRTT, windows) are checked here, not first
-    when a node dials or listens. ``path`` is the listener's or dialer's path."""
-    if kind not in ("quic", "http3"):
-        return
-    from relay.transports.quic.options import QuicOptions  # aioquic only when QUIC is used
-
+def _check_transport_metadata(ctx: _Ctx, path: str, kind: str, metadata: dict[str, object]) -> None:
+    """QUIC options (idleTimeout, maxStreams, zeroRTT, windows) and multiplexing options
+    (``mux.*``) are checked here, not first when a node dials or listens. ``path`` is the
+    listener's or dialer's path."""
     try:
-        QuicOptions.from_metadata(metadata)
+        if kind in ("quic", "http3"):
+            from relay.transports.quic.options import QuicOptions  # aioquic only when used
+
+            QuicOptions.from_metadata(metadata)
+        elif kind in ("mtcp", "mtls"):
+            from relay.transports.mux.options import MuxOptions
+
+            MuxOptions.from_metadata(metadata)
     except ValueError as exc:
         where, _, message = str(exc).partition(": ")
         ctx.error(_key(path, where), message or str(exc))
@@ -96,7 +100,7 @@ def _check_quic_listener(
     ctx: _Ctx, path: str, service: ServiceConfig, top: TLSConfig | None
 ) -> None:
     listener = service.listener
-    _check_quic_metadata(ctx, _key(path, "listener"), listener.type, listener.metadata)
+    _check_transport_metadata(ctx, _key(path, "listener"), listener.type, listener.metadata)
     tls = listener.tls or top
     if listener.type in ("quic", "http3") and tls is not None and tls.ca_file and tls.cert_file:
         # aioquic neither requests nor verifies client certificates: a caFile here would

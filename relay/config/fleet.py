@@ -771,7 +771,7 @@ def _hops(data: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
 
 _PEERS_KEYS = ("type", "port", "metadataPort", "connector", "dialer")
 #: Dialers that do TLS and therefore need the peer's name.
-_TLS_DIALERS = ("tls", "wss", "quic")
+_TLS_DIALERS = ("tls", "wss", "mtls", "quic")
 
 
 def _expand_peers(

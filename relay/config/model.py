@@ -13,16 +13,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-LISTENER_TYPES = ("tcp", "tls", "ws", "wss", "quic", "http3")
-DIALER_TYPES = ("tcp", "tls", "ws", "wss", "quic")
+LISTENER_TYPES = ("tcp", "tls", "ws", "wss", "mtcp", "mtls", "quic", "http3")
+DIALER_TYPES = ("tcp", "tls", "ws", "wss", "mtcp", "mtls", "quic")
 HANDLER_TYPES = ("http", "forward", "relay")
 CONNECTOR_TYPES = ("relay",)
 STRATEGIES = ("round", "rand", "fifo", "hash")
 LOG_LEVELS = ("debug", "info", "warn", "error")
 LOG_FORMATS = ("text", "json")
 
-ListenerType = Literal["tcp", "tls", "ws", "wss", "quic", "http3"]
-DialerType = Literal["tcp", "tls", "ws", "wss", "quic"]
+ListenerType = Literal["tcp", "tls", "ws", "wss", "mtcp", "mtls", "quic", "http3"]
+DialerType = Literal["tcp", "tls", "ws", "wss", "mtcp", "mtls", "quic"]
 HandlerType = Literal["http", "forward", "relay"]
 Strategy = Literal["round", "rand", "fifo", "hash"]
 
@@ -90,7 +90,7 @@ class MetricsConfig:
 @dataclass(frozen=True, slots=True)
 class ListenerConfig:
     type: ListenerType = "tcp"
-    #: Listener TLS; falls back to the top-level ``tls`` for tls/wss/quic/http3.
+    #: Listener TLS; falls back to the top-level ``tls`` for tls/wss/mtls/quic/http3.
     tls: TLSConfig | None = None
     #: WebSocket listeners: the request path accepted (others get 404).
     path: str = "/"

@@ -73,7 +73,7 @@ SERVICE_METADATA_KEYS = ("bufferSize",)
 PROBE_TYPES = ("tcp", "http")
 SHIELD_ALGORITHMS = ("sliding_window", "token_bucket")
 #: Listeners that terminate TLS and therefore need a certificate.
-TLS_LISTENERS = ("tls", "wss", "quic", "http3")
+TLS_LISTENERS = ("tls", "wss", "mtls", "quic", "http3")
 #: Listeners on UDP; a UDP and a TCP service may share a port number (HTTPS + HTTP/3 on 443).
 UDP_LISTENERS = ("quic", "http3")
 #: Service key -> top-level section its value names.

@@ -5,9 +5,9 @@ URL form: ``scheme://[user[:pass]@]host:port[/target[,target...]][?key=value&...
 ``-L`` (one service each):
 
 * ``scheme`` is ``handler+transport`` (``relay+quic``), or one word: a transport (``tcp``,
-  ``tls``, ``ws``, ``wss``, ``quic``) means the ``forward`` handler when a target is given and
-  ``http`` otherwise (``http3`` is always ``http``); a handler (``http``, ``relay``,
-  ``forward``) means transport ``tcp``.
+  ``tls``, ``ws``, ``wss``, ``mtcp``, ``mtls``, ``quic``) means the ``forward`` handler when a
+  target is given and ``http`` otherwise (``http3`` is always ``http``); a handler (``http``,
+  ``relay``, ``forward``) means transport ``tcp``.
 * ``/target`` becomes the forwarder (``relay://:8443/127.0.0.1:8000`` is a relay server that
   only reaches 127.0.0.1:8000); ``user:pass@`` the handler's auth.
 * query: ``path``, ``keepalive`` (listener); ``certFile``, ``keyFile``, ``caFile`` (listener
