@@ -393,7 +393,7 @@ def set_in(data: dict[str, Any], path: str, value: object) -> dict[str, Any]:
 ERROR_CASES = [
     # (field to set, value, expected path, key part of the message)
     ("services[0].listener", {"type": "qic"}, "services[0].listener.type",
-     "unknown listener 'qic'; expected one of tcp, tls, ws, wss, quic, http3"),
+     "unknown listener 'qic'; expected one of tcp, tls, ws, wss, mtcp, mtls, quic, http3"),
     ("services[0].listner", {}, "services[0].listner",
      "unknown key 'listner'; expected one of name, addr, listener, handler"),
     ("bogus", 1, "bogus", "unknown key 'bogus'; expected one of services, chains, log"),
@@ -514,7 +514,7 @@ def test_second_service_gets_the_documented_listener_error() -> None:
     issue = only_issue(data)
     assert str(issue) == (
         "services[1].listener.type: unknown listener 'qic'; expected one of tcp, tls, ws, wss, "
-        "quic, http3"
+        "mtcp, mtls, quic, http3"
     )
 
 

@@ -151,7 +151,7 @@ def test_check_command_reports_every_error_with_its_path(tmp_path: Path) -> None
     bad_result, good_result, broken_result = check(bad), check(good), check(broken)
 
     assert bad_result.returncode == 1
-    expected = "unknown listener 'qic'; expected one of tcp, tls, ws, wss, quic, http3"
+    expected = "unknown listener 'qic'; expected one of tcp, tls, ws, wss, mtcp, mtls, quic, http3"
     assert f"services[0].listener.type: {expected}" in bad_result.stderr
     assert "services[0].handler.chain" in bad_result.stderr
     assert "Traceback" not in bad_result.stderr

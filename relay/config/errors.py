@@ -1,8 +1,8 @@
 """Configuration errors: every problem found, each with the path of the bad field.
 
 ``aicdn-relay check`` prints ``str(ConfigError)``: one ``path: message`` line per problem, e.g.
-``services[1].listener.type: unknown listener 'qic'; expected one of tcp, tls, ws, wss, quic,
-http3``.
+``services[1].listener.type: unknown listener 'qic'; expected one of tcp, tls, ws, wss, mtcp,
+mtls, quic, http3``.
 """
 
 from __future__ import annotations

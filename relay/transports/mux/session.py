@@ -41,6 +41,9 @@ from relay.transports.mux.stream import MuxStream
 
 log = logging.getLogger(__name__)
 
+#: Streams a session sets up in one callback before the loop serves others (see ``_defer``).
+ACCEPT_BATCH = 8
+
 _unpack_header = HEADER.unpack_from
 _pack_header = HEADER.pack
 
@@ -74,10 +77,12 @@ class MuxSession(asyncio.Protocol):
         #: Bytes of a data frame's payload still to come, and its stream.
         self._payload_left = 0
         self._payload_stream = 0
+        #: The rest of a read held back for the next loop turn (see ``ACCEPT_BATCH``).
+        self._deferred = b""
         self._heard = True
         self._silent_since = self.loop.time()
         # sending
-        self._out: list[bytes] = []
+        self._out: list[bytes | memoryview] = []
         self._flush_handle: asyncio.Handle | None = None
         self.writing_paused = False
         # lifecycle
@@ -100,6 +105,7 @@ class MuxSession(asyncio.Protocol):
         end_of_data = len(data)
         offset = 0
         streams = self.streams
+        opened = 0
         if self._payload_left:
             # A data frame's payload continues: hand it on as it comes (no reassembly).
             offset = min(self._payload_left, end_of_data)
@@ -153,6 +159,13 @@ class MuxSession(asyncio.Protocol):
                     stream.peer_finished()
             elif command == SYN:
                 self._accept(stream_id)
+                opened += 1
+                if opened == ACCEPT_BATCH and offset < end_of_data and self.error is None:
+                    # Setting up a stream costs a handler, often a dial: after a few, let the
+                    # loop serve the streams already open before the next ones (as a socket's
+                    # accept queue would) instead of one long callback for a burst of them.
+                    self._defer(data[offset:])
+                    return
             elif command != NOP:
                 self._fail(MuxProtocolError(f"unknown mux command {command}"))
                 return
@@ -202,7 +215,7 @@ class MuxSession(asyncio.Protocol):
 
     # --- for streams ------------------------------------------------------------------------
 
-    def push(self, stream_id: int, payload: bytes) -> None:
+    def push(self, stream_id: int, payload: bytes | memoryview) -> None:
         """Queue one PSH frame (payload at most ``MAX_PAYLOAD`` bytes)."""
         out = self._out
         out.append(_pack_header(VERSION, PSH, len(payload), stream_id))
@@ -219,6 +232,20 @@ class MuxSession(asyncio.Protocol):
             self._queue(control(FIN, stream_id))
 
     # --- internals --------------------------------------------------------------------------
+
+    def _defer(self, rest: bytes) -> None:
+        assert self.transport is not None
+        self._deferred = rest
+        self.transport.pause_reading()
+        self.loop.call_soon(self._continue)
+
+    def _continue(self) -> None:
+        rest, self._deferred = self._deferred, b""
+        if self.error is not None or self.transport is None:
+            return
+        self.data_received(rest)
+        if not self._deferred and not self.transport.is_closing():
+            self.transport.resume_reading()
 
     def _queue(self, frame: bytes) -> None:
         if self.error is not None:

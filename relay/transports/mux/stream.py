@@ -67,7 +67,7 @@ class MuxStream(asyncio.Transport):
         self._peer_consumed = 0
         self._peer_window = INITIAL_PEER_WINDOW
         #: Bytes the peer's window did not take yet (None: nothing waits, the usual case).
-        self._queue: list[bytes] | None = None
+        self._queue: list[bytes | memoryview] | None = None
         self._queued = 0
         self._over_high = False
         self._writing_paused = False
@@ -142,9 +142,11 @@ class MuxStream(asyncio.Transport):
                 sent = self._send(data, room)
                 if sent == size:
                     return
-                data = data[sent:]
-            self._queue = [data]
-            self._queued = len(data)
+                self._queue = [memoryview(data)[sent:]]
+                self._queued = size - sent
+            else:
+                self._queue = [data]
+                self._queued = size
         else:
             self._queue.append(bytes(data))
             self._queued += size
@@ -237,7 +239,7 @@ class MuxStream(asyncio.Transport):
             if sent == len(data):
                 queue.pop(0)
             else:
-                queue[0] = data[sent:]
+                queue[0] = memoryview(data)[sent:]
         if not queue:
             self._queue = None
             if self._closing and not self._finished:
@@ -263,12 +265,17 @@ class MuxStream(asyncio.Transport):
 
     # --- internals --------------------------------------------------------------------------
 
-    def _send(self, data: bytes, room: int) -> int:
+    def _send(self, data: bytes | memoryview, room: int) -> int:
         """Send as much of ``data`` as ``room`` allows, in frames; returns the bytes sent."""
         end = min(len(data), room)
         push = self._session.push
-        for start in range(0, end, MAX_PAYLOAD):
-            push(self.stream_id, data[start : min(start + MAX_PAYLOAD, end)])
+        if end == len(data) and end <= MAX_PAYLOAD:
+            push(self.stream_id, data)
+        else:
+            # Views, not copies: the only copy of a large write is into the socket.
+            view = memoryview(data)
+            for start in range(0, end, MAX_PAYLOAD):
+                push(self.stream_id, view[start : min(start + MAX_PAYLOAD, end)])
         self._sent += end
         return end
 
