@@ -96,16 +96,41 @@ def _ws_factory(factory: ProtocolFactory, path: str, keepalive: float) -> Protoc
     return lambda: ServerHandshake(path, keepalive, on_open, WS_HANDSHAKE_TIMEOUT)
 
 
-def _mux_factory(factory: ProtocolFactory, options: MuxOptions) -> ProtocolFactory:
-    """Each connection is a multiplexed session; each stream its client opens is a connection
-    for a protocol from ``factory``."""
+class MuxListener:
+    """An ``mtcp``/``mtls`` listening server and its sessions. Closing it also stops new
+    streams on the sessions it accepted; each closes once its open streams are done."""
 
-    def on_stream(stream: MuxStream) -> None:
-        protocol = factory()
+    def __init__(self, factory: ProtocolFactory, options: MuxOptions) -> None:
+        self.server: asyncio.Server | None = None
+        self.sessions: weakref.WeakSet[MuxSession] = weakref.WeakSet()
+        self._factory = factory
+        self._options = options
+
+    @property
+    def sockets(self) -> Sequence[Any]:
+        return () if self.server is None else self.server.sockets
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for session in list(self.sessions):
+            session.drain()
+
+    async def wait_closed(self) -> None:
+        if self.server is not None:
+            await self.server.wait_closed()
+
+    def new_session(self) -> MuxSession:
+        """Each connection is a session; each stream its client opens is a connection for a
+        protocol from the service's factory."""
+        session = MuxSession(self._options, is_client=False, on_stream=self._on_stream)
+        self.sessions.add(session)
+        return session
+
+    def _on_stream(self, stream: MuxStream) -> None:
+        protocol = self._factory()
         stream.set_protocol(protocol)
         protocol.connection_made(stream)
-
-    return lambda: MuxSession(options, is_client=False, on_stream=on_stream)
 
 
 def _attach(transport: LayeredTransport, factory: ProtocolFactory) -> None:
@@ -184,11 +209,12 @@ async def listen(
         ssl_ctx = server_context(tls, base_dir, alpn)
         swappable = SwappableContext(ssl_ctx)
     protocol_factory = factory
+    mux: MuxListener | None = None
     if kind in ("ws", "wss"):
         protocol_factory = _ws_factory(factory, service.listener.path, _keepalive(service))
     elif kind in ("mtcp", "mtls"):
-        mux_options = MuxOptions.from_metadata(service.listener.metadata)  # (loader-checked)
-        protocol_factory = _mux_factory(factory, mux_options)
+        mux = MuxListener(factory, MuxOptions.from_metadata(service.listener.metadata))
+        protocol_factory = mux.new_session
     if service.listener.proxy_protocol:
         # The balancer's header comes in clear before any TLS: read it first, then run TLS
         # (if any) as a layer over the rest of the connection.
@@ -211,9 +237,13 @@ async def listen(
         # event leaves at once instead of waiting behind Nagle's algorithm.
         if listening.family in (socket.AF_INET, socket.AF_INET6):
             listening.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    result: Listening = server
+    if mux is not None:
+        mux.server = server
+        result = mux
     if swappable is not None:
-        _REFRESHERS[server] = _tcp_refresher(swappable, alpn)
-    return server
+        _REFRESHERS[result] = _tcp_refresher(swappable, alpn)
+    return result
 
 
 def _tcp_refresher(

@@ -305,9 +305,9 @@ def relay_check(path: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("transport", ["tls", "tcp", "wss", "ws"])
+@pytest.mark.parametrize("transport", ["tls", "tcp", "wss", "ws", "mtls", "mtcp"])
 def test_rendered_edge_and_core_pass_the_relay_checker(tmp_path: Path, transport: str) -> None:
-    core_transport = "tcp" if transport in ("tcp", "ws") else "tls"
+    core_transport = {"ws": "tcp", "wss": "tls"}.get(transport, transport)
     base = str(tmp_path)
     rendered = {
         EDGE.name: render_node_config(edge_data(transport=transport), EDGE, CORES, 5, base),

@@ -14,6 +14,7 @@ import pytest
 
 from relay.config import ConfigError, config_from_mapping
 from relay.config.model import Address, DialerConfig
+from relay.listeners import MuxListener
 from relay.transports.mux import MuxOptions, MuxSession, MuxSessionLost, MuxStream
 from relay.transports.mux.client import MuxTunnel, tunnel_key, tunnel_pool
 from relay.transports.mux.frames import HEADER, PSH, SYN, UPD, VERSION
@@ -408,3 +409,60 @@ async def test_a_client_that_leaves_mid_stream_frees_the_core(
     writer.close()
 
     await wait_for(lambda: stats.connections_active == 0, timeout=3)
+
+
+async def test_a_closed_listener_takes_no_new_streams_and_lets_open_ones_finish() -> None:
+    protocols: list[Recorder] = []
+
+    def echo() -> Recorder:
+        protocols.append(Echo())
+        return protocols[-1]
+
+    listener = MuxListener(echo, MuxOptions())
+    listener.server = await asyncio.get_running_loop().create_server(
+        listener.new_session, "127.0.0.1", 0
+    )
+    port = listener.sockets[0].getsockname()[1]
+    try:
+        tunnel = _tunnel(port)
+        held, held_proto = await _open(tunnel)
+        held.write(b"before")
+        await wait_for(lambda: held_proto.data == b"before")
+
+        listener.close()
+        _, late_proto = await _open(tunnel)
+
+        await wait_for(lambda: late_proto.lost == [None])  # refused: FIN at once
+        held.write(b" and after")
+        await wait_for(lambda: held_proto.data == b"before and after")
+        held.close()
+        # The session ends with its last stream; a new one finds no listener.
+        await wait_for(lambda: tunnel.session is not None and tunnel.session.error is not None)
+        with pytest.raises(ConnectionRefusedError):
+            await tunnel.open_stream()
+        assert len(protocols) == 1
+    finally:
+        tunnel_pool().close()
+
+
+@pytest.mark.parametrize("window", [16384, 4 << 20])
+async def test_a_window_other_than_smuxs_is_announced_and_kept(
+    mux_server: Callable[..., Any], window: int
+) -> None:
+    # Writers assume 256 KiB until told otherwise: a smaller window must hold them back to
+    # it, and a larger one must not leave them waiting for a report that never comes.
+    server = await mux_server(Recorder, MuxOptions(stream_window=window))
+    tunnel = _tunnel(server.port, **{"mux.maxStreamBuffer": window})
+    stream, _ = await _open(tunnel)
+    await wait_for(lambda: len(server.protocols) == 1)
+    reader = server.protocols[0]
+    assert reader.transport is not None
+    reader.transport.pause_reading()
+    await asyncio.sleep(0.05)  # the announcement arrives
+
+    stream.write(b"w" * (8 << 20))
+    await asyncio.sleep(0.1)
+
+    assert stream.get_write_buffer_size() == (8 << 20) - window
+    reader.transport.resume_reading()
+    await wait_for(lambda: len(reader.data) == 8 << 20)

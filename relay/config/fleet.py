@@ -65,25 +65,26 @@ Templates
 ``expand_template`` builds the generic ``config_data`` of a node type from documented
 parameters (``template_params``). Ports default to DESIGN §1:
 
-* ``core``: a relay tunnel service (``transport`` tls or tcp) on ``port`` (8443) and, unless
-  ``ws_port`` is null, a WebSocket tunnel service (wss, or ws when ``transport`` is tcp) on
-  ``ws_port`` (8444) at ``ws_path``; both forward only to ``origins`` (round robin) and accept
-  one user, ``edge_username``/``edge_password``. The relay handler checks a single user (its
-  ``auth`` has no list of users), so every edge shares one name; the edge template sends it
-  explicitly rather than relying on the per-node username default above.
+* ``core``: a relay tunnel service (``transport`` tls, tcp, or multiplexed mtls or mtcp) on
+  ``port`` (8443) and, unless ``ws_port`` is null, a WebSocket tunnel service (wss, or ws when
+  ``transport`` is tcp or mtcp) on ``ws_port`` (8444) at ``ws_path``; both forward only to
+  ``origins`` (round robin) and accept one user, ``edge_username``/``edge_password``. The
+  relay handler checks a single user (its ``auth`` has no list of users), so every edge shares
+  one name; the edge template sends it explicitly rather than relying on the per-node username
+  default above.
 * ``edge``: an ``http`` entry service on ``port`` (443; ``listener`` tls or tcp) and, unless
   ``http_port`` is null, a plain-HTTP entry on ``http_port`` (8080: the port DESIGN §1 gives
   the edge's WebSocket entry, which the http handler does not speak yet), both with
   ``ttfb_timeout``/``idle_timeout``, chained through ``to-core`` to a ``peers`` hop of type
-  core dialled with ``transport`` (tls, tcp, wss or ws) and the shared credentials. tls/tcp
-  dial each core's own port (``core_port`` overrides); ws/wss dial the core's
+  core dialled with ``transport`` (tls, tcp, wss, ws, mtls or mtcp) and the shared credentials.
+  tls/tcp/mtls/mtcp dial each core's own port (``core_port`` overrides); ws/wss dial the core's
   ``metadata.ws_port``, else ``core_ws_port`` (8444). The edge's transport must match what the
-  cores serve (tls/tcp: the core's ``transport``; wss/ws: its ``ws_port`` service). Streams
-  are resumable across a broken tunnel (connector ``metadata.resume``) within
+  cores serve (tls/tcp/mtls/mtcp: the core's ``transport``; wss/ws: its ``ws_port`` service).
+  Streams are resumable across a broken tunnel (connector ``metadata.resume``) within
   ``resume_window`` (30s; null: off).
 * both: ``metrics_addr`` (``:9100``), ``api_addr`` (``127.0.0.1:18080``, the agent's
   ``relay_api``), ``api_token``, ``log_level``, ``log_format``; TLS listeners use the node's
-  certificate (``@node``); tls/wss dialers verify cores against ``ca_file`` (``@node``: the
+  certificate (``@node``); tls/wss/mtls dialers verify cores against ``ca_file`` (``@node``: the
   node's fleet CA; null: the system store).
 """
 
@@ -253,8 +254,9 @@ _EDGE_SPECS = (
     ParamSpec("ttfb_timeout", "duration", "600s", "longest wait for an origin's first byte"),
     ParamSpec("idle_timeout", "duration", "300s", "longest silence between response chunks"),
     ParamSpec(
-        "transport", "choice", "tls", "tunnel transport to the cores",
-        choices=("tls", "tcp", "wss", "ws"),
+        "transport", "choice", "tls",
+        "tunnel transport to the cores; mtls/mtcp: every tunnel a stream of one connection",
+        choices=("tls", "tcp", "wss", "ws", "mtls", "mtcp"),
     ),
     ParamSpec(
         "core_port", "port|null", None,
@@ -285,8 +287,9 @@ _EDGE_SPECS = (
 
 _CORE_SPECS = (
     ParamSpec(
-        "transport", "choice", "tls", "tunnel listener on port; tls uses the node's certificate",
-        choices=("tls", "tcp"),
+        "transport", "choice", "tls",
+        "tunnel listener on port; tls/mtls use the node's certificate",
+        choices=("tls", "tcp", "mtls", "mtcp"),
     ),
     ParamSpec("port", "port", 8443, "tunnel port (the node's registered port)"),
     ParamSpec(
@@ -493,7 +496,8 @@ def _edge_auth(p: Mapping[str, Any]) -> dict[str, Any]:
 
 def _build_core(p: Mapping[str, Any]) -> dict[str, Any]:
     data = _head(p)
-    if p["transport"] == "tls":
+    secure = p["transport"] in ("tls", "mtls")
+    if secure:
         data["tls"] = _node_tls()
 
     def service(name: str, port: int, listener: dict[str, Any]) -> dict[str, Any]:
@@ -514,7 +518,7 @@ def _build_core(p: Mapping[str, Any]) -> dict[str, Any]:
 
     services = [service("tunnel", p["port"], {"type": p["transport"]})]
     if p["ws_port"] is not None:
-        ws_type = "wss" if p["transport"] == "tls" else "ws"
+        ws_type = "wss" if secure else "ws"
         services.append(
             service(
                 "tunnel-ws", p["ws_port"], {"type": ws_type, "metadata": {"path": p["ws_path"]}}
@@ -543,7 +547,7 @@ def _build_edge(p: Mapping[str, Any]) -> dict[str, Any]:
         services.append(service("entry-http", p["http_port"], "tcp"))
     transport = p["transport"]
     dialer: dict[str, Any] = {"type": transport}
-    if transport in ("tls", "wss") and p["ca_file"] is not None:
+    if transport in ("tls", "wss", "mtls") and p["ca_file"] is not None:
         dialer["tls"] = {"caFile": p["ca_file"]}
     if transport in ("ws", "wss"):
         dialer["metadata"] = {"path": p["ws_path"]}

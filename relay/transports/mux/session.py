@@ -67,10 +67,12 @@ class MuxSession(asyncio.Protocol):
         #: Streams opened since the start (both sides).
         self.streams_total = 0
         self._next_id = 1  # clients open odd ids, as smux's
-        #: A stream reports what it consumed once this much is new: half its window, and no
-        #: more than half the window a writer assumes before the first report (or it would
-        #: wait for a report that never comes).
-        self.update_threshold = min(options.stream_window, INITIAL_PEER_WINDOW) // 2
+        #: A stream reports what it consumed once this much is new: half its window.
+        self.update_threshold = options.stream_window // 2
+        #: A window other than the one writers assume (smux's 256 KiB) is announced as each
+        #: stream opens: from then on a writer holds to a smaller one, and does not stop short
+        #: of a larger one (waiting for a report that comes only at half of it).
+        self._announce = options.stream_window != INITIAL_PEER_WINDOW
         # receiving
         #: The start of a frame the last read cut, when it is not a data frame's payload.
         self._partial = b""
@@ -79,6 +81,8 @@ class MuxSession(asyncio.Protocol):
         self._payload_stream = 0
         #: The rest of a read held back for the next loop turn (see ``ACCEPT_BATCH``).
         self._deferred = b""
+        #: Its listener closed: no new streams, and the session closes with its last stream.
+        self._draining = False
         self._heard = True
         self._silent_since = self.loop.time()
         # sending
@@ -102,6 +106,9 @@ class MuxSession(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         # DANGER ZONE: runs for every read of every session; one read holds many frames.
         self._heard = True
+        if self._deferred:  # (a transport that delivers while paused: keep the order)
+            self._deferred += data
+            return
         end_of_data = len(data)
         offset = 0
         streams = self.streams
@@ -204,10 +211,21 @@ class MuxSession(asyncio.Protocol):
         self.streams[stream_id] = stream
         self.streams_total += 1
         self._queue(control(SYN, stream_id))
+        if self._announce:
+            self.update_window(stream_id, 0)
         return stream
+
+    def drain(self) -> None:
+        """Take no new streams, and close once the open ones are done (its listener closed:
+        as a closed listening socket, without cutting what is open)."""
+        self._draining = True
+        if not self.streams:
+            self.close()
 
     def close(self) -> None:
         """Close the connection; open streams end with ``MuxSessionLost``."""
+        if self.error is not None:
+            return
         if self.transport is not None:
             self._flush()
             self.transport.close()
@@ -230,6 +248,8 @@ class MuxSession(asyncio.Protocol):
         """The stream is done here; FIN tells the peer when it does not know yet."""
         if self.streams.pop(stream_id, None) is not None and send_fin:
             self._queue(control(FIN, stream_id))
+        if self._draining and not self.streams:
+            self.loop.call_soon(self.close)
 
     # --- internals --------------------------------------------------------------------------
 
@@ -269,6 +289,9 @@ class MuxSession(asyncio.Protocol):
         if self.is_client or not stream_id & 1 or stream_id in self.streams:
             self._fail(MuxProtocolError(f"mux stream {stream_id} opened out of turn"))
             return
+        if self._draining:
+            self._queue(control(FIN, stream_id))
+            return
         if len(self.streams) >= self.options.max_streams:
             log.warning(
                 "mux session from %s: stream refused, %d streams open (mux.maxStreams)",
@@ -279,6 +302,8 @@ class MuxSession(asyncio.Protocol):
         stream = MuxStream(self, stream_id)
         self.streams[stream_id] = stream
         self.streams_total += 1
+        if self._announce:
+            self.update_window(stream_id, 0)
         if self._on_stream is not None:
             self._on_stream(stream)
 
