@@ -97,6 +97,8 @@ def test_http_entry_through_a_ws_hop_with_a_path() -> None:
         ("http://:8080", "http", "tcp"),
         ("forward://:8080/o:1", "forward", "tcp"),
         ("relay+wss://:8080/o:1", "relay", "wss"),
+        ("relay+mtls://:8443/o:1", "relay", "mtls"),
+        ("mtcp://:8080", "http", "mtcp"),
         ("HTTP+WS://:8080", "http", "ws"),
     ],
 )
@@ -104,7 +106,7 @@ def test_scheme_words(tmp_path: Path, url: str, handler: str, transport: str) ->
     # TLS listeners need a certificate: give one via the query (existing files, any content).
     for name in ("c.pem", "c.key"):
         (tmp_path / name).touch()
-    if transport in ("tls", "wss", "quic", "http3"):
+    if transport in ("tls", "wss", "mtls", "quic", "http3"):
         url += ("&" if "?" in url else "?") + f"certFile={tmp_path}/c.pem&keyFile={tmp_path}/c.key"
     (service,) = config_from_urls([url], ["relay://core:8443"]).services
     assert (service.handler.type, service.listener.type) == (handler, transport)
@@ -143,6 +145,15 @@ def test_each_forward_url_is_one_hop_of_the_shared_chain() -> None:
     assert [hop.nodes[0].addr for hop in chain.hops] == [Address("hk", 8443), Address("cn", 8443)]
     assert [hop.nodes[0].dialer.type for hop in chain.hops] == ["tcp", "quic"]
     assert {service.handler.chain for service in config.services} == {"chain-0"}
+
+
+def test_a_multiplexed_hop_from_the_command_line() -> None:
+    config = config_from_urls(
+        ["http://:8080"], ["relay+mtls://edge:pw@cn:8443?serverName=core.example"]
+    )
+    node = config.chains[0].hops[0].nodes[0]
+    assert node.dialer.type == "mtls"
+    assert node.dialer.tls == TLSConfig(server_name="core.example")
 
 
 # ---------------------------------------------------------------------------------------------
