@@ -34,7 +34,8 @@ class ListenerUnavailable(Exception):
 
 
 class Listening(Protocol):
-    """What ``listen`` returns: an ``asyncio.Server``, or a ``QuicListener`` for quic."""
+    """What ``listen`` returns: an ``asyncio.Server``, a ``QuicListener`` for quic, a
+    ``MuxListener`` for mtcp/mtls."""
 
     @property
     def sockets(self) -> Sequence[Any]: ...

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import struct
@@ -18,6 +19,7 @@ from relay.listeners import MuxListener
 from relay.transports.mux import MuxOptions, MuxSession, MuxSessionLost, MuxStream
 from relay.transports.mux.client import MuxTunnel, tunnel_key, tunnel_pool
 from relay.transports.mux.frames import HEADER, PSH, SYN, UPD, VERSION
+from relay.transports.mux.session import ACCEPT_BATCH
 from tests.certs import CA, CertPair
 from tests.conftest import StartNode, core_mapping, edge_mapping, hop_node, wait_for
 from tests.helpers import chat, request
@@ -466,3 +468,30 @@ async def test_a_window_other_than_smuxs_is_announced_and_kept(
     assert stream.get_write_buffer_size() == (8 << 20) - window
     reader.transport.resume_reading()
     await wait_for(lambda: len(reader.data) == 8 << 20)
+
+
+async def test_a_burst_of_new_streams_is_set_up_a_few_per_loop_turn(
+    mux_server: Callable[..., Any],
+) -> None:
+    # Setting up a stream costs a handler and often a dial: a burst of them in one read must
+    # not hold the loop (and the tokens of open streams) for one long callback.
+    server = await mux_server(Recorder)
+    tunnel = _tunnel(server.port)
+    await _open(tunnel)
+    await wait_for(lambda: len(server.protocols) == 1)
+    loop = asyncio.get_running_loop()
+    counts: list[int] = []
+
+    def tick() -> None:  # once per loop turn
+        counts.append(len(server.protocols))
+        if len(server.protocols) < 201:
+            loop.call_soon(tick)
+
+    for _ in range(200):  # 200 SYNs leave in one write and arrive in one read
+        await _open(tunnel)
+    tick()
+    await wait_for(lambda: len(server.protocols) == 201)
+
+    steps = [later - earlier for earlier, later in itertools.pairwise(counts)]
+    assert max(steps) <= ACCEPT_BATCH
+    assert sum(steps) == 200

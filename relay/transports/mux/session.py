@@ -79,8 +79,8 @@ class MuxSession(asyncio.Protocol):
         #: Bytes of a data frame's payload still to come, and its stream.
         self._payload_left = 0
         self._payload_stream = 0
-        #: The rest of a read held back for the next loop turn (see ``ACCEPT_BATCH``).
-        self._deferred = b""
+        #: A read and where its frames were left, for the next loop turn (``ACCEPT_BATCH``).
+        self._deferred: tuple[bytes, int] | None = None
         #: Its listener closed: no new streams, and the session closes with its last stream.
         self._draining = False
         self._heard = True
@@ -104,13 +104,17 @@ class MuxSession(asyncio.Protocol):
             )
 
     def data_received(self, data: bytes) -> None:
-        # DANGER ZONE: runs for every read of every session; one read holds many frames.
         self._heard = True
-        if self._deferred:  # (a transport that delivers while paused: keep the order)
-            self._deferred += data
+        if self._deferred is not None:  # (a transport that delivers while paused: keep order)
+            rest, offset = self._deferred
+            self._deferred = (rest[offset:] + data, 0)
             return
+        self._read(data, 0)
+
+    def _read(self, data: bytes, offset: int) -> None:
+        """Read the frames of ``data`` from ``offset`` on (a frame boundary, or 0)."""
+        # DANGER ZONE: runs for every read of every session; one read holds many frames.
         end_of_data = len(data)
-        offset = 0
         streams = self.streams
         opened = 0
         if self._payload_left:
@@ -171,7 +175,7 @@ class MuxSession(asyncio.Protocol):
                     # Setting up a stream costs a handler, often a dial: after a few, let the
                     # loop serve the streams already open before the next ones (as a socket's
                     # accept queue would) instead of one long callback for a burst of them.
-                    self._defer(data[offset:])
+                    self._defer(data, offset)
                     return
             elif command != NOP:
                 self._fail(MuxProtocolError(f"unknown mux command {command}"))
@@ -253,18 +257,18 @@ class MuxSession(asyncio.Protocol):
 
     # --- internals --------------------------------------------------------------------------
 
-    def _defer(self, rest: bytes) -> None:
+    def _defer(self, data: bytes, offset: int) -> None:
         assert self.transport is not None
-        self._deferred = rest
+        self._deferred = (data, offset)
         self.transport.pause_reading()
         self.loop.call_soon(self._continue)
 
     def _continue(self) -> None:
-        rest, self._deferred = self._deferred, b""
-        if self.error is not None or self.transport is None:
+        deferred, self._deferred = self._deferred, None
+        if deferred is None or self.error is not None or self.transport is None:
             return
-        self.data_received(rest)
-        if not self._deferred and not self.transport.is_closing():
+        self._read(*deferred)
+        if self._deferred is None and not self.transport.is_closing():
             self.transport.resume_reading()
 
     def _queue(self, frame: bytes) -> None:
