@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import Any, cast
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar, cast
+
+_T = TypeVar("_T")
 
 
 class TransportError(Exception):
@@ -30,6 +33,37 @@ def set_nodelay(transport: asyncio.BaseTransport) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:  # already closed, or not TCP after all
             pass
+
+
+def write_buffer_limits(high: int | None, low: int | None, default_high: int) -> tuple[int, int]:
+    """``(high, low)`` as asyncio's ``set_write_buffer_limits`` works them out (low defaults to
+    a quarter of high); raises ``ValueError`` when they are out of order."""
+    if high is None:
+        high = default_high if low is None else 4 * low
+    if low is None:
+        low = high // 4
+    if not high >= low >= 0:
+        raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+    return high, low
+
+
+class LoopLocal(Generic[_T]):
+    """One value per event loop, made on first use: the tunnels a process shares (one QUIC
+    connection or multiplexed session per node) across every chain and every reload."""
+
+    def __init__(self, make: Callable[[asyncio.AbstractEventLoop], _T]) -> None:
+        self._make = make
+        self._values: dict[int, tuple[asyncio.AbstractEventLoop, _T]] = {}
+
+    def get(self) -> _T:
+        """The value of the running loop."""
+        loop = asyncio.get_running_loop()
+        entry = self._values.get(id(loop))
+        if entry is None or entry[0] is not loop:
+            for stale in [key for key, (old, _) in self._values.items() if old.is_closed()]:
+                del self._values[stale]
+            entry = self._values[id(loop)] = (loop, self._make(loop))
+        return entry[1]
 
 
 class PendingProtocol(asyncio.Protocol):

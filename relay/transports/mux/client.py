@@ -15,7 +15,7 @@ import ssl
 from dataclasses import dataclass
 
 from relay.config.model import Address, DialerConfig, TLSConfig
-from relay.transports.base import PendingProtocol, TransportError
+from relay.transports.base import LoopLocal, PendingProtocol, TransportError
 from relay.transports.mux.options import MuxOptions
 from relay.transports.mux.session import MuxSession
 from relay.transports.mux.stream import MuxStream
@@ -123,18 +123,12 @@ class MuxTunnelPool:
         self.tunnels.clear()
 
 
-_pools: dict[int, MuxTunnelPool] = {}
+_POOLS = LoopLocal(MuxTunnelPool)
 
 
 def tunnel_pool() -> MuxTunnelPool:
     """The pool of the running event loop."""
-    loop = asyncio.get_running_loop()
-    pool = _pools.get(id(loop))
-    if pool is None or pool.loop is not loop:
-        for stale in [k for k, p in _pools.items() if p.loop.is_closed()]:
-            del _pools[stale]
-        pool = _pools[id(loop)] = MuxTunnelPool(loop)
-    return pool
+    return _POOLS.get()
 
 
 #: Pool keys by dialer (checked by identity): worked out once, not per stream.

@@ -21,6 +21,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
+from relay.transports.base import write_buffer_limits
 from relay.transports.mux.frames import INITIAL_PEER_WINDOW, MAX_PAYLOAD
 
 if TYPE_CHECKING:
@@ -170,14 +171,7 @@ class MuxStream(asyncio.Transport):
         return self._low, self._high
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        if high is None:
-            high = _DEFAULT_HIGH if low is None else 4 * low
-        if low is None:
-            low = high // 4
-        if not high >= low >= 0:
-            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
-        self._high = high
-        self._low = low
+        self._high, self._low = write_buffer_limits(high, low, _DEFAULT_HIGH)
 
     # --- asyncio.ReadTransport --------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from aioquic.tls import SessionTicket
 
 from relay.config.model import Address, DialerConfig, TLSConfig
-from relay.transports.base import PendingProtocol, TransportError
+from relay.transports.base import LoopLocal, PendingProtocol, TransportError
 from relay.transports.quic.engine import TunnelQuicConnection
 from relay.transports.quic.link import QuicLink, now_
 from relay.transports.quic.options import QuicOptions, client_configuration
@@ -168,18 +168,12 @@ class QuicTunnelPool:
         self.tunnels.clear()
 
 
-_pools: dict[int, QuicTunnelPool] = {}
+_POOLS = LoopLocal(QuicTunnelPool)
 
 
 def tunnel_pool() -> QuicTunnelPool:
     """The pool of the running event loop."""
-    loop = asyncio.get_running_loop()
-    pool = _pools.get(id(loop))
-    if pool is None or pool.loop is not loop:
-        for stale in [k for k, p in _pools.items() if p.loop.is_closed()]:
-            del _pools[stale]
-        pool = _pools[id(loop)] = QuicTunnelPool(loop)
-    return pool
+    return _POOLS.get()
 
 
 def tunnel_key(addr: Address, dialer: DialerConfig, base_dir: str) -> TunnelKey:

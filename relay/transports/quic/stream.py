@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from aioquic.quic.stream import QuicStream
 
+from relay.transports.base import write_buffer_limits
 from relay.transports.quic.engine import grant, send_backlog
 
 if TYPE_CHECKING:
@@ -196,13 +197,7 @@ class QuicStreamTransport(asyncio.Transport):
         return self._low, self._high
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        if high is None:
-            high = _DEFAULT_HIGH if low is None else 4 * low
-        if low is None:
-            low = high // 4
-        if not high >= low >= 0:
-            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
-        self._high, self._low = high, low
+        self._high, self._low = high, low = write_buffer_limits(high, low, _DEFAULT_HIGH)
         if self._unacked > high:
             self._over_high = True
         elif self._unacked <= low:
