@@ -19,12 +19,22 @@ from tests.helpers import read_head, request_bytes
 RELAY = [sys.executable, "-m", "relay"]
 
 
+#: Ports ``free_port`` returned in this process.
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = int(sock.getsockname()[1])
-    sock.close()
-    return port
+    """A loopback port free now and not returned before by this process: two binds to port 0
+    in a row may get the same port from the kernel, and a config that puts two services on it
+    is refused (a soak run once failed so)."""
+    while True:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+        sock.close()
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def wait_http(url: str, timeout: float = 10.0) -> bytes:

@@ -21,8 +21,9 @@ def test_short_soak_returns_to_baseline() -> None:
                "--warmup-settle", "12", "--settle", "32", "--clients", "16", "--every", "5",
                "--reload-every", "4"]  # fmt: skip
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240)
-    report = json.loads(done.stdout[done.stdout.index("{\n") : done.stdout.rindex("}") + 1])
+    # The exit status first: a soak that failed before its report shows why.
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads(done.stdout[done.stdout.index("{\n") : done.stdout.rindex("}") + 1])
     assert report["completed"] > 100 and report["aborted"] > 50 and report["reloads"] >= 3
     assert report["broken"] == 0 and report["errors"] == {}
     assert report["final"]["active"] == {"edge": 0.0, "core": 0.0}
