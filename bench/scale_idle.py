@@ -1,12 +1,15 @@
 """Scale: one edge node (with workers) holding N concurrent idle tunneled connections.
 
-    python -m bench.scale_idle --connections 100000
+    python -m bench.scale_idle --connections 100000 [--transport mtcp]
 
 Topology, all on loopback: client processes → edge (``forward`` handler, ``workers``) → core
-(``relay`` handler, ``workers``) over tcp → sink processes that accept and hold. Every process
+(``relay`` handler, ``workers``) over tcp, or over mtcp (each edge worker multiplexes its
+tunnels on one session per core address) → sink processes that accept and hold. Every process
 stays under the 20,000 open-files limit of this machine, so connections are spread over client
-processes, relay workers and sinks. Reports the edge's and the core's memory per held
-connection (RSS of all their processes, after minus before, divided by N) and the totals.
+processes, relay workers and sinks. A relay worker holds two descriptors per connection over
+tcp and one over mtcp (the sessions are few), so an mtcp edge needs half the workers. Reports
+the edge's and the core's memory per held connection (RSS of all their processes, after minus
+before, divided by N) and the totals.
 """
 
 from __future__ import annotations
@@ -118,18 +121,28 @@ async def _clients(port: int, count: int, report: str, first: int = 0) -> None:
     await asyncio.Event().wait()
 
 
-def _relay_config(name: str, workers: int, listen: int, **service: object) -> dict[str, object]:
+def _relay_config(
+    name: str, workers: int, listen: int, listener: str, **service: object
+) -> dict[str, object]:
     return {"workers": workers, "services": [{"name": name, "addr": f"0.0.0.0:{listen}",
-            "listener": {"type": "tcp"}, **service}], "log": {"level": "warn"}}  # fmt: skip
+            "listener": {"type": listener}, **service}], "log": {"level": "warn"}}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--connections", type=int, default=100_000)
     parser.add_argument("--settle", type=float, default=5.0, help="seconds to wait once held")
+    parser.add_argument(
+        "--transport", choices=("tcp", "mtcp"), default="tcp", help="between edge and core"
+    )
     args = parser.parse_args(argv)
     n = args.connections
-    workers = max(1, -(-2 * n // FD_BUDGET))  # each held connection is 2 fds in a relay
+    transport = args.transport
+    # Each held connection is 2 fds in a relay worker over tcp; over mtcp, 1 in the edge (the
+    # client's) and 1 in the core (the sink's). The core keeps tcp's count: sessions land on
+    # its workers by SO_REUSEPORT's hash, so some workers take more than their share.
+    core_workers = max(1, -(-2 * n // FD_BUDGET))
+    edge_workers = core_workers if transport == "tcp" else max(1, -(-n // FD_BUDGET))
     procs = max(1, -(-n // FD_BUDGET))
     edge_port, core_port, sink_port = _free_port(), _free_port(), _free_port()
     auth = {"username": "edge", "password": "bench"}
@@ -149,16 +162,16 @@ def main(argv: list[str] | None = None) -> int:
         spread = list(enumerate(_addresses(n)))
         sinks = [{"name": f"sink-{i}", "addr": f"{a}:{sink_port}"} for i, a in spread]
         core_cfg = _relay_config(
-            "core", workers, core_port,
+            "core", core_workers, core_port, transport,
             handler={"type": "relay", "auth": auth}, forwarder={"nodes": sinks},
         )  # fmt: skip
         cores = [
             {"name": f"core-{i}", "addr": f"{a}:{core_port}",
-             "connector": {"type": "relay", "auth": auth}}
+             "connector": {"type": "relay", "auth": auth}, "dialer": {"type": transport}}
             for i, a in spread
         ]  # fmt: skip
         edge_cfg = _relay_config(
-            "edge", workers, edge_port, handler={"type": "forward", "chain": "c"}
+            "edge", edge_workers, edge_port, "tcp", handler={"type": "forward", "chain": "c"}
         )
         edge_cfg["chains"] = [{"name": "c", "hops": [{"name": "core", "nodes": cores}]}]
         (tmp / "core.yaml").write_text(yaml.safe_dump(core_cfg))
@@ -166,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         core = subprocess.Popen([PY, "-m", "relay", "run", "-C", str(tmp / "core.yaml")])
         edge = subprocess.Popen([PY, "-m", "relay", "run", "-C", str(tmp / "edge.yaml")])
         started += [core, edge]
-        _wait_listening([edge_port, core_port], [edge, core], timeout=30 + workers)
+        workers = max(edge_workers, core_workers)
+        _wait_listening([core_port, edge_port], [edge, core], timeout=30 + workers)
         time.sleep(workers * 0.3)  # the other workers of each supervisor
         base_edge, base_core = _tree_rss_kib(edge.pid), _tree_rss_kib(core.pid)
         t0 = time.monotonic()
@@ -193,7 +207,9 @@ def main(argv: list[str] | None = None) -> int:
             "held": held,
             "failed": failed,
             "seconds_to_open": round(opened, 1),
-            "relay_workers_each": workers,
+            "transport": transport,
+            "edge_workers": edge_workers,
+            "core_workers": core_workers,
             "client_processes": procs,
             "edge_rss_mib": round(edge_kib / 1024, 1),
             "edge_kib_per_connection": round((edge_kib - base_edge) / max(held, 1), 2),
@@ -201,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
             "core_kib_per_connection": round((core_kib - base_core) / max(held, 1), 2),
         }
         print(json.dumps(result, indent=2))
-        out = Path(__file__).parent / "results" / "scale-idle.json"
+        name = "scale-idle.json" if transport == "tcp" else f"scale-idle-{transport}.json"
+        out = Path(__file__).parent / "results" / name
         out.write_text(
             json.dumps(
                 {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **result}, indent=2

@@ -21,7 +21,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-from relay.transports.base import write_buffer_limits
+from relay.transports.base import NO_EXTRA, write_buffer_limits
 from relay.transports.mux.frames import INITIAL_PEER_WINDOW, MAX_PAYLOAD
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ class MuxStream(asyncio.Transport):
     )
 
     def __init__(self, session: MuxSession, stream_id: int) -> None:
-        super().__init__()
+        super().__init__(NO_EXTRA)
         self._session = session
         self.stream_id = stream_id
         self._protocol: asyncio.BaseProtocol | None = None

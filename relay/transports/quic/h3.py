@@ -43,6 +43,7 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import StreamDataReceived
 
+from relay.transports.base import NO_EXTRA
 from relay.transports.quic.engine import TunnelQuicConnection
 from relay.transports.quic.link import QuicLink
 from relay.transports.quic.server import QuicListener
@@ -191,7 +192,7 @@ class H3RequestTransport(asyncio.Transport):
     """One H3 request stream as an HTTP/1.1 client connection (see the module docstring)."""
 
     def __init__(self, session: H3Session, stream: QuicStreamTransport) -> None:
-        super().__init__()
+        super().__init__(NO_EXTRA)
         self._session = session
         self._stream = stream
         self.stream_id = stream.stream_id

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from aioquic.quic.stream import QuicStream
 
-from relay.transports.base import write_buffer_limits
+from relay.transports.base import NO_EXTRA, write_buffer_limits
 from relay.transports.quic.engine import grant, send_backlog
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ class QuicStreamTransport(asyncio.Transport):
     )
 
     def __init__(self, link: QuicLink, stream_id: int, state: QuicStream) -> None:
-        super().__init__()
+        super().__init__(NO_EXTRA)
         self._link = link
         self.stream_id = stream_id
         self._state = state
