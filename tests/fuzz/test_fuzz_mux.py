@@ -14,40 +14,20 @@ from hypothesis import strategies as st
 from relay.transports.mux import MuxOptions, MuxProtocolError, MuxSession, MuxStream
 from relay.transports.mux.frames import FIN, HEADER, NOP, PSH, SYN, UPD, UPDATE, VERSION
 from tests.fuzz.budget import fuzz_settings
-
-
-class _Reader:
-    """A stream's protocol that keeps what it read and whether the stream ended."""
-
-    def __init__(self) -> None:
-        self.data = bytearray()
-        self.eof = False
-
-    def connection_made(self, transport: object) -> None:
-        pass
-
-    def data_received(self, data: bytes) -> None:
-        self.data += data
-
-    def eof_received(self) -> bool:
-        self.eof = True
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        pass
+from tests.test_mux import Recorder
 
 
 def _frame(command: int, stream_id: int, payload: bytes = b"") -> bytes:
     return HEADER.pack(VERSION, command, len(payload), stream_id) + payload
 
 
-async def _feed(chunks: list[bytes]) -> tuple[Exception | None, dict[int, _Reader]]:
+async def _feed(chunks: list[bytes]) -> tuple[Exception | None, dict[int, Recorder]]:
     """A server session on a real socket pair, fed ``chunks`` as its reads (one per loop turn,
     as a socket would deliver them); returns the session's error and the streams' readers."""
-    readers: dict[int, _Reader] = {}
+    readers: dict[int, Recorder] = {}
 
     def on_stream(stream: MuxStream) -> None:
-        reader = readers[stream.stream_id] = _Reader()
+        reader = readers[stream.stream_id] = Recorder()
         stream.set_protocol(reader)  # type: ignore[arg-type]
 
     ours, theirs = socket.socketpair()
