@@ -111,7 +111,9 @@ def measure() -> dict[str, float]:
         best_wall = min(best_wall, time.perf_counter() - started)
         best_cpu = min(best_cpu, time.process_time() + _cpu_seconds(echo.pid) - cpu_before)
     near.close()
-    echo.join(5)
+    poller.close()
+    echo.terminate()  # it shares ``near`` by the fork, so it would not see the close
+    echo.join()
     return {
         "syscall_ns": syscall_ns,
         "send_recv_ns": pair_ns,
