@@ -226,6 +226,17 @@ def _load_line(scenario: Scenario, records: list[Record], nproc: int) -> str:
     )
 
 
+def _kernel_floor_line(floor: dict[str, float]) -> list[str]:
+    if not floor:
+        return []
+    return [
+        f"- Kernel floor at the start (`python -m bench.kernel_floor`): a loopback send+recv of"
+        f" 100 bytes {floor['send_recv_ns'] / 1e3:.1f} µs (two hops: at least"
+        f" {floor['two_hops_send_recv_ns'] / 1e3:.1f} µs per token in the kernel); a message"
+        f" that wakes a sleeping process {floor['wake_up_cpu_ns'] / 1e3:.0f} µs of CPU"
+    ]
+
+
 def markdown(info: RunInfo, records: list[Record]) -> str:
     m = info.machine
     tools = ", ".join(f"{k} {v}" for k, v in info.machine.tools.items() if v) or "none"
@@ -236,6 +247,7 @@ def markdown(info: RunInfo, records: list[Record]) -> str:
         f"- Machine: nproc {m.nproc}, {m.cpu_model}, {m.memory_gib} GiB, Linux {m.kernel}, "
         f"Python {m.python}, fd limit {m.fd_limit}, load average at start {m.loadavg}",
         f"- Tools: {tools}; relay: {info.relay_revision}",
+        *_kernel_floor_line(m.kernel_floor),
         f"- Run: {'--quick, ' if info.quick else ''}{info.repeats} repeat(s), "
         f"{minutes}m{seconds:02d}s; command: `{' '.join(info.argv)}`",
         "- Every proxy runs one process (one nginx worker, one haproxy thread) per hop, all on"

@@ -20,7 +20,7 @@ import traceback
 from pathlib import Path
 from types import FrameType
 
-from bench import report
+from bench import kernel_floor, report
 from bench.clients import wrk_available
 from bench.contenders import (
     APT_HINT,
@@ -196,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         "wrk": tool_version(["wrk", "-v"]),
         "pproxy": tool_version([sys.executable, "-m", "pproxy", "--version"]),
     }
-    machine = machine_info(tools)
+    print("measuring the kernel floor (bench.kernel_floor, ~10 s)", flush=True)
+    machine = machine_info(tools, kernel_floor.measure())
     revision = source_revision(REPO)  # now: others may commit while the bench runs
     started_at = datetime.datetime.now(datetime.UTC)
     t0 = time.monotonic()

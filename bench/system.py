@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -195,6 +195,9 @@ class Machine:
     fd_limit: int
     loadavg: str
     tools: dict[str, str]
+    #: ``bench.kernel_floor``'s figures (ns) taken as the run starts: what the kernel charges
+    #: any proxy per token and hop on this machine, to read the run's CPU figures against.
+    kernel_floor: dict[str, float] = field(default_factory=dict)
 
 
 def _cpu_model() -> str:
@@ -256,7 +259,7 @@ def source_revision(repo: Path, paths: tuple[str, ...] = ("relay",)) -> str:
     )
 
 
-def machine_info(tools: dict[str, str]) -> Machine:
+def machine_info(tools: dict[str, str], kernel_floor: dict[str, float] | None = None) -> Machine:
     return Machine(
         nproc=os.cpu_count() or 1,
         cpu_model=_cpu_model(),
@@ -266,6 +269,7 @@ def machine_info(tools: dict[str, str]) -> Machine:
         fd_limit=fd_limit(),
         loadavg=" ".join(Path("/proc/loadavg").read_text().split()[:3]),
         tools=tools,
+        kernel_floor=kernel_floor or {},
     )
 
 
