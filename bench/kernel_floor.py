@@ -27,7 +27,8 @@ import select
 import socket
 import time
 from collections.abc import Callable
-from pathlib import Path
+
+from bench.system import cpu_seconds
 
 _MESSAGE = b"x" * 100
 _ROUNDS = 20_000
@@ -41,12 +42,6 @@ def _best(run: Callable[[], None], count: int, repeats: int = 5) -> float:
         run()
         best = min(best, time.perf_counter() - started)
     return best / count * 1e9
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU of process ``pid`` so far (``/proc/PID/stat``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _pair() -> tuple[socket.socket, socket.socket]:
@@ -102,14 +97,14 @@ def measure() -> dict[str, float]:
     assert echo.pid is not None
     best_wall = best_cpu = float("inf")
     for _ in range(3):
-        cpu_before = time.process_time() + _cpu_seconds(echo.pid)
+        cpu_before = time.process_time() + cpu_seconds([echo.pid])
         started = time.perf_counter()
         for _ in range(_ROUNDS):
             near.send(_MESSAGE)
             poller.poll()
             near.recv(65536)
         best_wall = min(best_wall, time.perf_counter() - started)
-        best_cpu = min(best_cpu, time.process_time() + _cpu_seconds(echo.pid) - cpu_before)
+        best_cpu = min(best_cpu, time.process_time() + cpu_seconds([echo.pid]) - cpu_before)
     near.close()
     poller.close()
     echo.terminate()  # it shares ``near`` by the fork, so it would not see the close
