@@ -39,7 +39,7 @@ from relay.protocols.resume import (
     encode_open,
     encode_resume,
 )
-from relay.transports.base import PendingProtocol, TransportError
+from relay.transports.base import NO_EXTRA, PendingProtocol, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class ResumableTunnel(asyncio.Transport):
         options: ResumeOptions,
         stats: ResumeStats | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(NO_EXTRA)
         self._inner: RelayClientTransport | None = first
         self._redial = redial
         self.options = options
